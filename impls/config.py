@@ -1,0 +1,56 @@
+"""The one frozen configuration every run is built from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters and run settings; the defaults are the seed's (d2l ch. 3).
+
+    ``threads`` of ``None`` means "all cores" and is resolved by :meth:`resolved`
+    before a run, so every record states the number actually used.
+    """
+
+    lr: float = 0.1
+    batch_size: int = 256
+    epochs: int = 10
+    seed: int = 0
+    init_std: float = 0.01
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}")
+        if not self.init_std >= 0:
+            raise ConfigError(f"init std must be non-negative, got {self.init_std}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be positive, got {self.threads}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {self.seed}")
+
+    def resolved(self) -> TrainConfig:
+        """This config with ``threads`` made explicit."""
+        if self.threads is not None:
+            return self
+        return replace(self, threads=os.cpu_count() or 1)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for reports and JSON."""
+        return asdict(self)

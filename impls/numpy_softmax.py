@@ -1,0 +1,133 @@
+"""Softmax regression in NumPy with hand-written gradients.
+
+Pure functions of ``(params, batch)`` do the maths; :class:`NumpyTrainer` holds
+the state. float32 throughout; softmax and loss subtract the row maximum
+(log-sum-exp), so logits of any size give finite results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from impls.config import TrainConfig
+from impls.data import FashionMNIST, batch_bounds, to_float32
+from impls.protocol import EpochStats, Evaluation, Params
+
+EVAL_BATCH = 2048
+
+
+def available_devices() -> list[str]:
+    return ["cpu"]
+
+
+def forward(params: Params, images: np.ndarray) -> np.ndarray:
+    """Logits (N, 10) of flattened float32 images (N, 784)."""
+    return images @ params.weights + params.bias
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exps = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exps / exps.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-example loss: minus the log-probability of the true class."""
+    return -log_softmax(logits)[np.arange(len(labels)), labels]
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> int:
+    """Number of correct predictions (the seed's ``accuracy``)."""
+    return int((logits.argmax(axis=1) == labels).sum())
+
+
+def loss_and_grads(
+    params: Params, images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, Params]:
+    """Per-example losses, logits and the gradient of the batch's mean loss.
+
+    d(mean CE)/d(logits) = (softmax - onehot) / n, then chain through x @ W + b.
+    """
+    logits = forward(params, images)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exps = np.exp(shifted)
+    sums = exps.sum(axis=1, keepdims=True)
+    rows = np.arange(len(labels))
+    losses = np.log(sums[:, 0]) - shifted[rows, labels]
+    dlogits = exps / sums
+    dlogits[rows, labels] -= 1.0
+    dlogits /= np.float32(len(labels))
+    return losses, logits, Params(images.T @ dlogits, dlogits.sum(axis=0))
+
+
+def sgd_update(params: Params, grads: Params, lr: float) -> Params:
+    lr32 = np.float32(lr)
+    return Params(params.weights - lr32 * grads.weights, params.bias - lr32 * grads.bias)
+
+
+class NumpyTrainer:
+    """The protocol's stateful shell around the pure functions above."""
+
+    def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        if config.device != "cpu":
+            raise ValueError(f"numpy runs on the CPU only, not on device {config.device!r}")
+        self._config = config
+        self._threads = ThreadpoolController()
+        self._train_x = to_float32(data.train_images).reshape(data.num_train, -1)
+        self._train_y = data.train_labels
+        self._test_x = to_float32(data.test_images).reshape(data.num_test, -1)
+        self._test_y = data.test_labels
+        self._params = Params(params.weights.astype(np.float32), params.bias.astype(np.float32))
+
+    def _limit_threads(self):
+        return self._threads.limit(limits=self._config.threads, user_api="blas")
+
+    def train_epoch(self, order: np.ndarray) -> EpochStats:
+        batch = self._config.batch_size
+        total_loss, correct = 0.0, 0
+        with self._limit_threads():
+            for start in range(0, len(order), batch):
+                index = order[start : start + batch]
+                labels = self._train_y[index]
+                losses, logits, grads = loss_and_grads(self._params, self._train_x[index], labels)
+                self._params = sgd_update(self._params, grads, self._config.lr)
+                total_loss += float(losses.sum(dtype=np.float64))
+                correct += accuracy(logits, labels)
+        return EpochStats(total_loss / len(order), correct / len(order))
+
+    def evaluate(self) -> Evaluation:
+        total_loss, correct = 0.0, 0
+        with self._limit_threads():
+            for start, stop in batch_bounds(len(self._test_y), EVAL_BATCH):
+                logits = forward(self._params, self._test_x[start:stop])
+                labels = self._test_y[start:stop]
+                total_loss += float(cross_entropy(logits, labels).sum(dtype=np.float64))
+                correct += accuracy(logits, labels)
+        return Evaluation(total_loss / len(self._test_y), correct / len(self._test_y))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        with self._limit_threads():
+            logits = forward(self._params, to_float32(images).reshape(len(images), -1))
+        return logits.argmax(axis=1).astype(np.int64)
+
+    def parameters(self) -> Params:
+        return Params(self._params.weights.copy(), self._params.bias.copy())
+
+    def runtime_info(self) -> Mapping[str, object]:
+        blas = [
+            f"{info['internal_api']} {info.get('version') or ''}".strip()
+            for info in self._threads.select(user_api="blas").info()
+        ]
+        return {"device": "cpu", "threads": self._config.threads, "blas": ", ".join(blas)}
+
+
+def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> NumpyTrainer:
+    return NumpyTrainer(data, params, config)

@@ -1,0 +1,107 @@
+"""Every implementation, by name, imported only when asked for.
+
+Adding an implementation is one module (defining ``make_trainer`` and
+``available_devices``, see :mod:`impls.protocol`) plus one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from impls.config import TrainConfig
+    from impls.data import FashionMNIST
+    from impls.protocol import Params, Trainer
+
+
+class UnknownImplementationError(KeyError):
+    """No implementation of that name is registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingFrameworkError(ImportError):
+    """The implementation's framework is not installed."""
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One registry entry: where the module is and what it needs installed."""
+
+    name: str
+    module: str
+    requires: tuple[str, ...]  # import names that must be present
+    extra: str  # the pip extra that installs them
+    summary: str
+    follows_shared_order: bool = True
+
+    def missing(self) -> list[str]:
+        """The required top-level modules that cannot be found (without importing them)."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def is_installed(self) -> bool:
+        return not self.missing()
+
+    def load(self) -> ModuleType:
+        """Import the implementation module, or say exactly what to install."""
+        missing = self.missing()
+        if missing:
+            raise MissingFrameworkError(
+                f"implementation {self.name!r} needs {', '.join(missing)}, which is not "
+                f"installed: pip install 'fmbench[{self.extra}]'"
+            )
+        return importlib.import_module(self.module)
+
+
+REGISTRY: dict[str, Implementation] = {
+    impl.name: impl
+    for impl in (
+        Implementation(
+            "numpy", "impls.numpy_softmax", ("threadpoolctl",), "numpy",
+            "NumPy, hand-written gradients",
+        ),
+        Implementation(
+            "torch-scratch", "impls.torch_scratch", ("torch",), "torch",
+            "PyTorch from scratch: autograd, own softmax, loss and SGD",
+        ),
+        Implementation(
+            "torch-nn", "impls.torch_nn", ("torch",), "torch",
+            "PyTorch nn.Sequential, CrossEntropyLoss, optim.SGD",
+        ),
+        Implementation(
+            "jax", "impls.jax_optax", ("jax", "optax"), "jax",
+            "JAX jit + optax, whole epochs compiled with lax.scan",
+        ),
+        Implementation(
+            "d2l-reference", "impls.d2l_reference", ("torch", "torchvision"), "torch",
+            "the book's pipeline: torchvision FashionMNIST + ToTensor + DataLoader (baseline)",
+            follows_shared_order=False,
+        ),
+    )
+}
+
+
+def get(name: str) -> Implementation:
+    """The registry entry for ``name``, or an error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(REGISTRY)
+        raise UnknownImplementationError(
+            f"unknown implementation {name!r}; known implementations: {known}"
+        ) from None
+
+
+def make_trainer(name: str, data: FashionMNIST, params: Params, config: TrainConfig) -> Trainer:
+    """Build implementation ``name``'s trainer on ``data`` from the shared ``params``."""
+    return get(name).load().make_trainer(data, params, config)
+
+
+def available_devices(name: str) -> list[str]:
+    """The devices implementation ``name`` can use on this machine."""
+    return list(get(name).load().available_devices())
