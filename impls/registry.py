@@ -62,23 +62,38 @@ REGISTRY: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
         Implementation(
-            "numpy", "impls.numpy_softmax", ("threadpoolctl",), "numpy",
+            "numpy",
+            "impls.numpy_softmax",
+            ("threadpoolctl",),
+            "numpy",
             "NumPy, hand-written gradients",
         ),
         Implementation(
-            "torch-scratch", "impls.torch_scratch", ("torch",), "torch",
+            "torch-scratch",
+            "impls.torch_scratch",
+            ("torch",),
+            "torch",
             "PyTorch from scratch: autograd, own softmax, loss and SGD",
         ),
         Implementation(
-            "torch-nn", "impls.torch_nn", ("torch",), "torch",
+            "torch-nn",
+            "impls.torch_nn",
+            ("torch",),
+            "torch",
             "PyTorch nn.Sequential, CrossEntropyLoss, optim.SGD",
         ),
         Implementation(
-            "jax", "impls.jax_optax", ("jax", "optax"), "jax",
+            "jax",
+            "impls.jax_optax",
+            ("jax", "optax"),
+            "jax",
             "JAX jit + optax, whole epochs compiled with lax.scan",
         ),
         Implementation(
-            "d2l-reference", "impls.d2l_reference", ("torch", "torchvision"), "torch",
+            "d2l-reference",
+            "impls.d2l_reference",
+            ("torch", "torchvision"),
+            "torch",
             "the book's pipeline: torchvision FashionMNIST + ToTensor + DataLoader (baseline)",
             follows_shared_order=False,
         ),

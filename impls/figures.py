@@ -1,0 +1,84 @@
+"""The seed's two pictures: training curves (``Animator``) and predictions (``predict_ch3``).
+
+matplotlib is imported inside the functions (Agg backend, no screen needed): it
+is an optional dependency (``fmbench[cli]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from impls.data import class_names
+
+if TYPE_CHECKING:
+    from impls.training import History
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "figures need matplotlib, which is not installed: pip install 'fmbench[cli]'"
+        ) from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: History, path: str | Path) -> Path:
+    """Train loss, train accuracy and test accuracy against epoch, like the seed's ``Animator``."""
+    plt = _pyplot()
+    epochs = history.column("epoch")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+    ax.plot(epochs, history.column("train_loss"), "-", label="train loss")
+    ax.plot(epochs, history.column("train_accuracy"), "m--", label="train acc")
+    ax.plot(epochs, history.column("test_accuracy"), "g-.", label="test acc")
+    ax.set_xlabel("epoch")
+    ax.set_xlim(1, max(epochs[-1], 2))
+    ax.set_ylim(0.3, 0.9)
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc="center right")
+    ax.set_title(
+        f"{history.implementation or 'training'}: final test acc {history.final.test_accuracy:.3f}"
+    )
+    return _save(fig, plt, path)
+
+
+def plot_predictions(
+    images: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray,
+    path: str | Path,
+    count: int = 18,
+    columns: int = 6,
+) -> Path:
+    """The first ``count`` images titled "true / predicted", wrong ones in red (``predict_ch3``)."""
+    plt = _pyplot()
+    count = min(count, len(images))
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.6 * columns, 1.9 * rows), layout="constrained"
+    )
+    axes = np.atleast_1d(axes).ravel()
+    trues, preds = class_names(labels[:count]), class_names(predictions[:count])
+    for ax, image, true, pred in zip(axes, images[:count], trues, preds, strict=True):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(f"{true}\n{pred}", fontsize=8, color="black" if true == pred else "red")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("true class / predicted class", fontsize=9)
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,144 @@
+"""The config, the shared fit loop and the registry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from impls import registry
+from impls.config import ConfigError, TrainConfig
+from impls.protocol import EpochStats, Evaluation, Params, Trainer
+from impls.training import DIVERGED_LOSS, DivergenceError, fit, init_params, train
+
+
+def test_defaults_are_the_seeds_settings():
+    config = TrainConfig()
+    assert (config.lr, config.batch_size, config.epochs, config.seed, config.init_std) == (
+        0.1,
+        256,
+        10,
+        0,
+        0.01,
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("lr", 0.0),
+        ("lr", -1.0),
+        ("batch_size", 0),
+        ("epochs", 0),
+        ("threads", 0),
+        ("seed", -1),
+        ("lr", math.nan),
+    ],
+    ids=lambda v: str(v),
+)
+def test_config_rejects_out_of_range_values(field, value):
+    with pytest.raises(ConfigError, match=field.replace("_", " ")):
+        TrainConfig(**{field: value})
+
+
+def test_config_is_frozen_and_resolves_threads():
+    config = TrainConfig()
+    with pytest.raises(AttributeError):
+        config.lr = 1.0  # type: ignore[misc]
+    assert config.resolved().threads >= 1
+    assert TrainConfig(threads=3).resolved().threads == 3
+
+
+def test_initial_params_are_seeded_float32_with_zero_bias():
+    params = init_params(TrainConfig())
+    assert params.weights.shape == (784, 10) and params.weights.dtype == np.float32
+    assert params.bias.dtype == np.float32 and not params.bias.any()
+    assert abs(params.weights.std() - 0.01) < 0.001
+    np.testing.assert_array_equal(params.weights, init_params(TrainConfig()).weights)
+
+
+class _ScriptedTrainer:
+    """A trainer that reports a given loss sequence and records the orders it saw."""
+
+    def __init__(self, losses):
+        self.losses = list(losses)
+        self.orders = []
+
+    def train_epoch(self, order):
+        self.orders.append(order.copy())
+        return EpochStats(self.losses.pop(0), 0.5)
+
+    def evaluate(self):
+        return Evaluation(1.0, 0.25)
+
+    def predict(self, images):
+        return np.zeros(len(images), dtype=np.int64)
+
+    def parameters(self):
+        return init_params(TrainConfig())
+
+    def runtime_info(self):
+        return {"device": "cpu"}
+
+
+def test_scripted_trainer_satisfies_the_protocol():
+    assert isinstance(_ScriptedTrainer([]), Trainer)
+
+
+def test_fit_feeds_the_shared_order_and_records_history(tiny_data):
+    config = TrainConfig(epochs=3, threads=1)
+    trainer = _ScriptedTrainer([0.9, 0.8, 0.7])
+    history = fit(trainer, tiny_data, config, implementation="scripted")
+    assert [r.epoch for r in history.records] == [1, 2, 3]
+    assert history.column("train_loss") == [0.9, 0.8, 0.7]
+    assert history.final.test_accuracy == 0.25
+    assert all(r.train_seconds >= 0 and r.eval_seconds >= 0 for r in history.records)
+    for order in trainer.orders:
+        assert sorted(order) == list(range(tiny_data.num_train))
+    assert not np.array_equal(trainer.orders[0], trainer.orders[1])
+    assert history.runtime == {"device": "cpu"}
+
+
+def test_fit_calls_callbacks_each_epoch(tiny_data):
+    seen = []
+    fit(_ScriptedTrainer([1.0, 1.0]), tiny_data, TrainConfig(epochs=2), callbacks=[seen.append])
+    assert [record.epoch for record in seen] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "loss", [math.nan, math.inf, DIVERGED_LOSS * 10], ids=["nan", "inf", "huge"]
+)
+def test_fit_stops_a_diverging_run_naming_epoch_and_lr(tiny_data, loss):
+    config = TrainConfig(epochs=3, lr=0.5)
+    with pytest.raises(DivergenceError, match=r"epoch 2.*lr 0\.5"):
+        fit(_ScriptedTrainer([0.9, loss, 0.5]), tiny_data, config)
+
+
+def test_huge_learning_rate_diverges_for_real(real_data):
+    with pytest.raises(DivergenceError, match=r"lr 1000000\.0"):
+        train("numpy", real_data, TrainConfig(lr=1e6, epochs=2, threads=2))
+
+
+def test_registry_unknown_name_lists_the_known_ones():
+    with pytest.raises(registry.UnknownImplementationError, match="numpy, torch-scratch"):
+        registry.get("tensorflow")
+
+
+def test_registry_missing_framework_is_reported_not_raised(monkeypatch):
+    fake = registry.Implementation(
+        "fake", "impls.fake_framework", ("no_such_framework_xyz",), "fake", "nothing"
+    )
+    monkeypatch.setitem(registry.REGISTRY, "fake", fake)
+    assert not fake.is_installed()
+    assert fake.missing() == ["no_such_framework_xyz"]
+    with pytest.raises(registry.MissingFrameworkError, match=r"pip install 'fmbench\[fake\]'"):
+        registry.make_trainer("fake", None, Params(None, None), TrainConfig())
+
+
+def test_every_registered_module_defines_the_protocol_functions():
+    for impl in registry.REGISTRY.values():
+        if not impl.is_installed():
+            continue
+        module = impl.load()
+        assert callable(module.make_trainer) and callable(module.available_devices), impl.name
