@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
@@ -220,9 +221,12 @@ def _read_content(path: Path) -> bytearray:
     Returned as a ``bytearray`` read straight into place, so arrays decoded from
     it are writable without another copy.
     """
-    with path.open("rb") as handle:
-        raw = bytearray(os.fstat(handle.fileno()).st_size)
-        handle.readinto(raw)
+    try:
+        with path.open("rb") as handle:
+            raw = bytearray(os.fstat(handle.fileno()).st_size)
+            del raw[handle.readinto(raw) :]  # in place: no second copy of a 47 MB file
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error})") from error
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
@@ -264,6 +268,7 @@ def _write_atomically(target: Path, content: bytes | bytearray) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: others could not read the cache
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()
@@ -274,31 +279,61 @@ def _write_atomically(target: Path, content: bytes | bytearray) -> None:
         raise
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import, rather than flipped while other threads run
+
+
 # -------------------------------------------------------------------- download
 
+_RETRYABLE_HTTP = frozenset({408, 429})  # 4xx codes that mean "try again", not "not here"
 
-def download(
-    url: str, *, timeout: float, retries: int, chunk_bytes: int = 1 << 20
-) -> bytes:
+
+def download(url: str, *, timeout: float, retries: int, chunk_bytes: int = 1 << 20) -> bytes:
     """The body at ``url``, retried ``retries`` times; raises ``DownloadError`` with the cause."""
-    last_error: Exception | None = None
+    reason = "not tried"
+    attempts = 0
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
+        attempts += 1
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                declared = response.headers.get("Content-Length")
                 chunks = []
                 while chunk := response.read(chunk_bytes):
                     chunks.append(chunk)
-                return b"".join(chunks)
+                body = b"".join(chunks)
+            # http.client ends a read early without error when the server closes the
+            # connection: a body shorter than its Content-Length is a broken download.
+            if declared is not None and declared.isdigit() and len(body) != int(declared):
+                raise http.client.IncompleteRead(body, int(declared) - len(body))
+            return body
         except urllib.error.HTTPError as error:
-            last_error = error
-            if 400 <= error.code < 500:  # the file is not there: retrying will not help
+            error.close()
+            reason = f"HTTP {error.code} {error.reason}"
+            if 400 <= error.code < 500 and error.code not in _RETRYABLE_HTTP:
+                break  # the file is not there: retrying will not help
+        except http.client.IncompleteRead as error:
+            reason = f"connection closed after {len(error.partial)} bytes of the body"
+            if error.expected:
+                reason += f", {error.expected} bytes short"
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            cause = getattr(error, "reason", error)  # URLError wraps the real cause
+            if isinstance(cause, (ValueError, http.client.InvalidURL)):
+                # a malformed mirror URL: retrying will not help
+                reason = f"invalid URL ({cause})"
                 break
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
-            last_error = error
-    reason = getattr(last_error, "reason", None) or last_error
-    raise DownloadError(f"{url}: {reason}")
+            if isinstance(cause, TimeoutError):
+                reason = f"no answer within the {timeout:g} s timeout ({cause or 'timed out'})"
+            else:
+                reason = f"{type(cause).__name__}: {cause}"
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
+    raise DownloadError(f"{url}: {reason}{tries}")
 
 
 def _download_verified(
@@ -309,12 +344,19 @@ def _download_verified(
         url = mirror.rstrip("/") + f"/{spec.name}.gz"
         try:
             compressed = download(url, timeout=timeout, retries=retries)
+        except DownloadError as error:
+            failures.append(f"  download {error}")
+            continue
+        try:
             content = bytearray(
                 gzip.decompress(compressed) if compressed[:2] == b"\x1f\x8b" else compressed
             )
             verify(content, spec, url)
-        except (DataError, EOFError, OSError, zlib.error) as error:
-            failures.append(f"  download {url}: {error}")
+        except DataError as error:  # names the URL already
+            failures.append(f"  download {error}")
+            continue
+        except (EOFError, OSError, zlib.error) as error:
+            failures.append(f"  download {url}: truncated or corrupt gzip data ({error})")
             continue
         return url, content
     return None
@@ -376,7 +418,12 @@ def fetch(
     fetched: dict[str, FetchedFile] = {}
     for file_spec in spec.files:
         fetched[file_spec.name] = _fetch_one(
-            file_spec, places, cache_home, spec, download=download, timeout=timeout,
+            file_spec,
+            places,
+            cache_home,
+            spec,
+            download=download,
+            timeout=timeout,
             retries=retries,
         )
     return fetched
@@ -410,7 +457,7 @@ def _fetch_one(
                     raise
                 failures.append(f"  {label}: {error}")
                 continue
-            if not is_cache and path.suffix == ".gz":
+            if path.suffix == ".gz":  # keep a decompressed copy so the next load skips gzip
                 _write_atomically(cache_home / file_spec.name, content)
             return FetchedFile(file_spec, str(path), path, array)
     if download:
@@ -454,12 +501,17 @@ def load_fashion_mnist(
     (see :func:`resize_images`). Use :func:`to_float32` for the ``ToTensor`` view.
     """
     files = fetch(
-        data_dir, cache_dir=cache_dir, download=download, spec=spec, timeout=timeout,
+        data_dir,
+        cache_dir=cache_dir,
+        download=download,
+        spec=spec,
+        timeout=timeout,
         retries=retries,
     )
     arrays = {name: fetched.array for name, fetched in files.items()}
     for images_spec, labels_spec in (
-        (spec.train_images, spec.train_labels), (spec.test_images, spec.test_labels),
+        (spec.train_images, spec.train_labels),
+        (spec.test_images, spec.test_labels),
     ):
         n_images, n_labels = len(arrays[images_spec.name]), len(arrays[labels_spec.name])
         if n_images != n_labels:
@@ -521,7 +573,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     step = 4096  # bound the float64 temporaries
     for start in range(0, len(images), step):
         block = images[start : start + step].astype(np.float64)
-        resized = np.einsum("oh,nhw,pw->nop", rows, block, cols, optimize=True)
+        resized = rows @ block @ cols.T  # separable: rows, then columns
         out[start : start + step] = np.clip(np.rint(resized), 0, 255)
     return out
 
@@ -566,4 +618,3 @@ def batch_bounds(num_examples: int, batch_size: int) -> Iterator[tuple[int, int]
     """(start, stop) of each batch over ``num_examples`` in order (test-set evaluation)."""
     for start in range(0, num_examples, batch_size):
         yield start, min(start + batch_size, num_examples)
-
