@@ -1,0 +1,194 @@
+"""The baseline: the book's PyTorch pipeline as a reader runs it (sections 3.5 and 3.7).
+
+torchvision's ``FashionMNIST`` dataset with the per-sample ``ToTensor``
+transform, a shuffling ``DataLoader`` with the book's 4 worker processes
+(``get_dataloader_workers``), ``nn.Sequential(nn.Flatten(), nn.Linear)``,
+``nn.CrossEntropyLoss`` and ``torch.optim.SGD``, looped over as in
+``train_epoch_ch3``. Batches stream from the loader to the device every epoch;
+the per-sample conversion and the worker start-up are the costs this baseline
+exists to show, so they are kept.
+
+Unlike every other implementation it **ignores the shared minibatch order**
+passed to ``train_epoch``: it shuffles as the book does, with the loader's own
+sampler, seeded from ``config.seed`` through a ``torch.Generator`` so runs are
+repeatable (the registry marks it ``follows_shared_order=False``). It starts
+from the shared initial parameters.
+
+torchvision reads the very arrays given to :func:`make_trainer`: they are
+written as IDX files into a temporary ``root/FashionMNIST/raw/``, where
+torchvision looks for them, and read back with ``download=False``, so it never
+downloads. The datasets hold the data in memory, so the directory is removed
+straight after.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from impls.config import TrainConfig
+from impls.data import FASHION_MNIST, FashionMNIST, encode_idx, to_float32
+from impls.protocol import EpochStats, Evaluation, Params
+from impls.torch_support import (
+    apply_threads,
+    available_devices,
+    build_net,
+    device_name,
+    host_sum,
+    linear_params,
+    resolve_device,
+    synchronize,
+)
+
+__all__ = ["available_devices", "make_trainer"]
+
+BOOK_WORKERS = 4  # the book's get_dataloader_workers()
+# A worker that has not delivered its probe sample by then is taken as unable to run.
+PROBE_TIMEOUT_S = 60
+
+
+def write_raw_files(data: FashionMNIST, root: Path) -> None:
+    """Lay ``data`` out as the decompressed IDX files torchvision expects under ``root``."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for spec, array in (
+        (FASHION_MNIST.train_images, data.train_images),
+        (FASHION_MNIST.train_labels, data.train_labels),
+        (FASHION_MNIST.test_images, data.test_images),
+        (FASHION_MNIST.test_labels, data.test_labels),
+    ):
+        (raw / spec.name).write_bytes(encode_idx(array))
+
+
+def load_datasets(data: FashionMNIST) -> tuple[datasets.FashionMNIST, datasets.FashionMNIST]:
+    """torchvision's train and test datasets (``ToTensor`` per sample) holding ``data``."""
+    with tempfile.TemporaryDirectory(prefix="fmbench-torchvision-") as root:
+        write_raw_files(data, Path(root))
+        return tuple(  # type: ignore[return-value]
+            datasets.FashionMNIST(
+                root=root, train=train, transform=transforms.ToTensor(), download=False
+            )
+            for train in (True, False)
+        )
+
+
+def usable_workers(dataset: Dataset, wanted: int) -> tuple[int, str]:
+    """``wanted`` if DataLoader worker processes can start here, else 0 and the reason."""
+    # Some sandboxes forbid the shared memory or semaphores workers need; trying
+    # is the only reliable test. One sample per worker keeps the probe cheap.
+    if wanted == 0:
+        return 0, ""
+    probe = Subset(dataset, range(min(wanted, len(dataset))))
+    loader = DataLoader(probe, batch_size=1, num_workers=wanted, timeout=PROBE_TIMEOUT_S)
+    try:
+        for _ in loader:
+            pass
+    except (RuntimeError, OSError) as error:
+        return 0, f"worker processes could not start ({type(error).__name__}: {error})"
+    return wanted, ""
+
+
+class D2LReferenceTrainer:
+    """The book's training loop behind the protocol; the loaders own data and order."""
+
+    def __init__(
+        self,
+        data: FashionMNIST,
+        params: Params,
+        config: TrainConfig,
+        *,
+        num_workers: int = BOOK_WORKERS,
+    ) -> None:
+        self._config = config
+        self._device = resolve_device(config.device)
+        self._threads = apply_threads(config.threads)
+        train_set, test_set = load_datasets(data)
+        self._num_workers, self._workers_note = usable_workers(train_set, num_workers)
+        self._train_iter = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=self._num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self._test_iter = DataLoader(
+            test_set, batch_size=config.batch_size, shuffle=False, num_workers=self._num_workers
+        )
+        self._net = build_net(params, self._device)
+        # The book's loss keeps per-example values: their mean drives SGD, their sum the stats.
+        self._loss = nn.CrossEntropyLoss(reduction="none")
+        self._updater = torch.optim.SGD(self._net.parameters(), lr=config.lr)
+
+    def train_epoch(self, order: np.ndarray) -> EpochStats:
+        # ``order`` is deliberately unused: the loader shuffles, as in the book.
+        apply_threads(self._config.threads)
+        self._net.train()
+        batch_loss_sums: list[torch.Tensor] = []
+        correct = torch.zeros((), dtype=torch.int64, device=self._device)
+        seen = 0
+        for images, labels in self._train_iter:
+            images, labels = images.to(self._device), labels.to(self._device)
+            logits = self._net(images)
+            losses = self._loss(logits, labels)
+            self._updater.zero_grad()
+            losses.mean().backward()
+            self._updater.step()
+            # Kept on the device (the book calls float() here, a sync per batch on a GPU).
+            batch_loss_sums.append(losses.detach().sum())
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            seen += len(labels)
+        synchronize(self._device)
+        return EpochStats(host_sum(batch_loss_sums) / seen, int(correct) / seen)
+
+    def evaluate(self) -> Evaluation:
+        apply_threads(self._config.threads)
+        self._net.eval()
+        batch_loss_sums: list[torch.Tensor] = []
+        correct = torch.zeros((), dtype=torch.int64, device=self._device)
+        seen = 0
+        with torch.no_grad():
+            for images, labels in self._test_iter:
+                images, labels = images.to(self._device), labels.to(self._device)
+                logits = self._net(images)
+                batch_loss_sums.append(self._loss(logits, labels).sum())
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+        synchronize(self._device)
+        return Evaluation(host_sum(batch_loss_sums) / seen, int(correct) / seen)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        apply_threads(self._config.threads)
+        self._net.eval()
+        # to_float32 is bit-for-bit ToTensor, without a PIL image per sample: not timed work.
+        pixels = torch.from_numpy(to_float32(images)).to(self._device)
+        with torch.no_grad():
+            logits = self._net(pixels)
+        return logits.argmax(dim=1).cpu().numpy().astype(np.int64)
+
+    def parameters(self) -> Params:
+        return linear_params(self._net[1])
+
+    def runtime_info(self) -> Mapping[str, object]:
+        info: dict[str, object] = {
+            "device": self._device.type,
+            "device_name": device_name(self._device),
+            "threads": self._threads,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "num_workers": self._num_workers,
+        }
+        if self._workers_note:
+            info["num_workers_note"] = self._workers_note
+        return info
+
+
+def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> D2LReferenceTrainer:
+    return D2LReferenceTrainer(data, params, config)

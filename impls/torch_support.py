@@ -1,0 +1,90 @@
+"""Helpers shared by the PyTorch implementations: devices, threads, data, the book's model.
+
+Not an implementation itself (it is not in the registry); only PyTorch modules
+import it, so importing it without torch installed is never attempted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from impls.data import to_float32
+from impls.protocol import Params
+from impls.training import NUM_INPUTS, NUM_OUTPUTS
+
+
+def available_devices() -> list[str]:
+    """The PyTorch devices present on this machine."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device, or a ValueError naming the devices present."""
+    present = available_devices()
+    if name not in present:
+        raise ValueError(
+            f"device {name!r} is not available to PyTorch here; available: {', '.join(present)}"
+        )
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name for reports: the GPU's model, or the device type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set PyTorch's intra-op thread count (``None`` keeps its default); return what applies."""
+    # The setting is process-wide, so trainers re-apply it before their own work
+    # in case another trainer in the same process changed it in between.
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so a timer stopped after this measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def flat_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images (N, 28, 28) as a float32 (N, 784) tensor on ``device``, ToTensor-scaled."""
+    return torch.from_numpy(to_float32(images).reshape(len(images), -1)).to(device)
+
+
+def host_sum(batch_loss_sums: list[torch.Tensor]) -> float:
+    """The sum of per-batch loss sums, added up in float64 on the host."""
+    # One transfer per epoch instead of a sync per batch; float64 because MPS has none.
+    return float(torch.stack(batch_loss_sums).cpu().double().sum())
+
+
+def build_net(params: Params, device: torch.device) -> nn.Sequential:
+    """The book's model, its linear layer loaded from ``params``."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(NUM_INPUTS, NUM_OUTPUTS)).to(device)
+    load_params(net[1], params)
+    return net
+
+
+def load_params(linear: nn.Linear, params: Params) -> None:
+    """Copy ``params`` into ``linear`` (whose weight is W transposed)."""
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(params.weights.T)))
+        linear.bias.copy_(torch.from_numpy(params.bias))
+
+
+def linear_params(linear: nn.Linear) -> Params:
+    """``linear``'s weights as shared-layout NumPy parameters, W (784, 10)."""
+    weights = linear.weight.detach().to("cpu", copy=True).numpy().T
+    return Params(np.ascontiguousarray(weights), linear.bias.detach().to("cpu", copy=True).numpy())

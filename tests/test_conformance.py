@@ -1,0 +1,271 @@
+"""Every registered implementation against the protocol and the NumPy reference.
+
+Parametrized over :data:`impls.registry.REGISTRY`, so a new implementation is
+tested as soon as it is registered. Implementations that follow the shared
+minibatch order must reproduce NumPy's training within float32 rounding; those
+that shuffle on their own (the d2l reference) must start from the same
+parameters and train sensibly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from impls.config import TrainConfig
+from impls.data import FashionMNIST, MinibatchOrder, to_float32
+from impls.protocol import EpochStats, Evaluation, Params, Trainer
+from impls.registry import REGISTRY, Implementation
+from impls.training import History, init_params, train
+
+REFERENCE = "numpy"
+
+# Tolerance against NumPy after the same steps from the same start, in float32.
+# Each implementation sums the 256-term gradients in its own order (BLAS, ATen,
+# XLA blocking), so every step differs by a few ulps; the loss is convex and the
+# step small, so these differences are damped rather than amplified, and after
+# one epoch's 235 steps they stay near 235 * 1.2e-7 (float32 eps) * |W| (<= 0.25),
+# about 7e-6 at worst. atol 1e-5 covers that for small weights, rtol 1e-4 for
+# large ones. Measured: torch differs from NumPy by at most 1e-7 after one epoch,
+# 6e-7 after ten, so the bound has ample headroom without hiding a real bug (a
+# wrong learning rate, batch mean or gradient moves weights by 1e-3 or more).
+RTOL = 1e-4
+ATOL = 1e-5
+# Accuracy is a count, and a prediction flips only when its two largest logits
+# are within rounding (about 1e-5 here) of each other. With the real data fewer
+# than 3 of 60,000 training examples come that close (measured: none within
+# 1e-5, 2 within 1e-4), so a few flipped examples are allowed, no more.
+ACCURACY_SLACK_EXAMPLES = 3
+# Evaluation from identical parameters: only the float32 summation order differs.
+EVAL_RTOL = 1e-5
+
+
+def _param(impls: list[Implementation]) -> list[object]:
+    return [pytest.param(impl, id=impl.name) for impl in impls]
+
+
+ALL = _param(list(REGISTRY.values()))
+ORDER_FOLLOWERS = _param(
+    [impl for impl in REGISTRY.values() if impl.follows_shared_order and impl.name != REFERENCE]
+)
+OWN_ORDER = _param([impl for impl in REGISTRY.values() if not impl.follows_shared_order])
+
+
+def load_module(impl: Implementation) -> ModuleType:
+    """The implementation's module, or a skip saying what is missing."""
+    missing = impl.missing()
+    if missing:
+        pytest.skip(f"{impl.name} needs {', '.join(missing)}, which is not installed")
+    return impl.load()
+
+
+def build(impl: Implementation, data: FashionMNIST, config: TrainConfig) -> Trainer:
+    """A trainer of ``impl`` on ``data`` from the shared initial parameters."""
+    return load_module(impl).make_trainer(data, init_params(config), config)
+
+
+@dataclass
+class OneEpoch:
+    """What one implementation did in its first epoch on the real data."""
+
+    trainer: Trainer
+    before: Evaluation
+    stats: EpochStats
+    params: Params
+
+
+@pytest.fixture(scope="session")
+def conformance_config() -> TrainConfig:
+    return TrainConfig(threads=2)
+
+
+@pytest.fixture(scope="session")
+def one_epoch_runs(real_data: FashionMNIST, conformance_config: TrainConfig):
+    """Run each implementation's first epoch once per session, on first request."""
+    runs: dict[str, OneEpoch] = {}
+    config = conformance_config
+    order = MinibatchOrder(real_data.num_train, config.batch_size, config.seed)
+
+    def run(impl: Implementation) -> OneEpoch:
+        if impl.name not in runs:
+            trainer = build(impl, real_data, config)
+            before = trainer.evaluate()
+            stats = trainer.train_epoch(order.epoch(0))
+            runs[impl.name] = OneEpoch(trainer, before, stats, trainer.parameters())
+        return runs[impl.name]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def full_runs(real_data: FashionMNIST, conformance_config: TrainConfig):
+    """Each implementation's default 10-epoch run, done once per session on request."""
+    runs: dict[str, tuple[History, Trainer]] = {}
+
+    def run(impl: Implementation) -> tuple[History, Trainer]:
+        if impl.name not in runs:
+            load_module(impl)
+            runs[impl.name] = train(impl.name, real_data, conformance_config)
+        return runs[impl.name]
+
+    return run
+
+
+def examples_apart(accuracy: float, other: float, num_examples: int) -> int:
+    """How many examples two accuracies over ``num_examples`` differ by."""
+    return abs(round(accuracy * num_examples) - round(other * num_examples))
+
+
+def assert_stats_close(actual, expected, num_examples: int, rtol: float = RTOL) -> None:
+    """Mean loss within ``rtol``, accuracy within a few examples."""
+    assert actual.loss == pytest.approx(expected.loss, rel=rtol)
+    apart = examples_apart(actual.accuracy, expected.accuracy, num_examples)
+    assert apart <= ACCURACY_SLACK_EXAMPLES
+
+
+def assert_params_close(actual: Params, expected: Params) -> None:
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(actual.bias, expected.bias, rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------ protocol
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_satisfies_the_protocol(impl, tiny_data, default_config):
+    module = load_module(impl)
+    assert "cpu" in module.available_devices()
+    trainer = module.make_trainer(tiny_data, init_params(default_config), default_config)
+    assert isinstance(trainer, Trainer)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_parameters_are_float32_copies_of_the_initial_ones(impl, tiny_data, default_config):
+    trainer = build(impl, tiny_data, default_config)
+    initial = init_params(default_config)
+    params = trainer.parameters()
+    assert params.weights.dtype == np.float32 and params.weights.shape == (784, 10)
+    assert params.bias.dtype == np.float32 and params.bias.shape == (10,)
+    np.testing.assert_array_equal(params.weights, initial.weights)
+    np.testing.assert_array_equal(params.bias, initial.bias)
+    # A copy: changing it must not touch the trainer's state.
+    params.weights[:] = 1.0
+    params.bias[:] = 1.0
+    np.testing.assert_array_equal(trainer.parameters().weights, initial.weights)
+    np.testing.assert_array_equal(trainer.parameters().bias, initial.bias)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_absent_device_is_a_clear_error(impl, default_config, tiny_data):
+    present = load_module(impl).available_devices()
+    absent = next((name for name in ("cuda", "mps") if name not in present), None)
+    if absent is None:
+        pytest.skip("every device this suite knows of is present")
+    with pytest.raises(ValueError, match=re.escape(repr(absent))) as error:
+        build(impl, tiny_data, default_config.replace(device=absent))
+    message = str(error.value).lower()
+    assert all(name in message for name in present), f"available devices not named: {message}"
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_runtime_info_reports_threads_and_device(impl, tiny_data):
+    config = TrainConfig(threads=1)
+    info = build(impl, tiny_data, config).runtime_info()
+    assert info["threads"] == 1
+    assert info["device"] == "cpu"
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_initial_evaluation_matches_numpy(impl, one_epoch_runs, real_data):
+    reference = one_epoch_runs(REGISTRY[REFERENCE]).before
+    before = one_epoch_runs(impl).before
+    assert_stats_close(before, reference, real_data.num_test, rtol=EVAL_RTOL)
+
+
+# ------------------------------------------- same start, same order: same steps
+
+
+@pytest.mark.parametrize("impl", ORDER_FOLLOWERS)
+def test_first_epoch_matches_numpy(impl, one_epoch_runs, real_data):
+    reference = one_epoch_runs(REGISTRY[REFERENCE])
+    run = one_epoch_runs(impl)
+    assert_params_close(run.params, reference.params)
+    assert_stats_close(run.stats, reference.stats, real_data.num_train)
+
+
+@pytest.mark.parametrize("impl", OWN_ORDER)
+def test_own_order_implementation_trains(impl, one_epoch_runs):
+    # Its shuffle differs, so only the outcome is comparable: one epoch of the
+    # same SGD from the same start lands close to NumPy's (measured: within
+    # 0.002 in loss and 0.004 in accuracy), and far from the untrained model.
+    reference = one_epoch_runs(REGISTRY[REFERENCE])
+    run = one_epoch_runs(impl)
+    assert run.stats.loss < 0.5 * run.before.loss
+    assert run.stats.loss == pytest.approx(reference.stats.loss, abs=0.05)
+    assert run.stats.accuracy == pytest.approx(reference.stats.accuracy, abs=0.02)
+    assert 0.7 < run.trainer.evaluate().accuracy < 0.9
+
+
+# -------------------------------------- predictions follow from the parameters
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_predict_and_evaluate_follow_the_parameters(impl, one_epoch_runs, real_data):
+    run = one_epoch_runs(impl)
+    params = run.trainer.parameters()
+    # The parameters' own answer, in float64 so NumPy adds no rounding of its own.
+    pixels = to_float32(real_data.test_images).reshape(real_data.num_test, -1).astype(np.float64)
+    logits = pixels @ params.weights.astype(np.float64) + params.bias
+    expected = logits.argmax(axis=1)
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    near_tie = top_two[:, 1] - top_two[:, 0] < 1e-4
+
+    predicted = run.trainer.predict(real_data.test_images)
+    assert predicted.dtype == np.int64 and predicted.shape == (real_data.num_test,)
+    # The implementation's float32 logits may order a near-tie differently; nothing else.
+    assert np.all((predicted == expected) | near_tie)
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    true_class = shifted[np.arange(real_data.num_test), real_data.test_labels]
+    mean_loss = (np.log(np.exp(shifted).sum(axis=1)) - true_class).mean()
+    accuracy = (expected == real_data.test_labels).mean()
+    evaluation = run.trainer.evaluate()
+    assert evaluation.loss == pytest.approx(mean_loss, rel=EVAL_RTOL)
+    assert examples_apart(evaluation.accuracy, accuracy, real_data.num_test) <= near_tie.sum()
+
+
+# ----------------------------------------------------------- full default runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ALL)
+def test_default_run_reaches_the_books_accuracy(impl, full_runs):
+    history, _ = full_runs(impl)
+    assert len(history.records) == 10
+    assert history.final.test_accuracy >= 0.82
+    losses = history.column("train_loss")
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ORDER_FOLLOWERS)
+def test_default_run_tracks_numpy_every_epoch(impl, full_runs, real_data):
+    # The same tolerance holds after ten epochs: the drift grows slowly (6e-7 measured).
+    reference, reference_trainer = full_runs(REGISTRY[REFERENCE])
+    history, trainer = full_runs(impl)
+    for record, expected in zip(history.records, reference.records, strict=True):
+        assert_stats_close(
+            EpochStats(record.train_loss, record.train_accuracy),
+            EpochStats(expected.train_loss, expected.train_accuracy),
+            real_data.num_train,
+        )
+        assert_stats_close(
+            Evaluation(record.test_loss, record.test_accuracy),
+            Evaluation(expected.test_loss, expected.test_accuracy),
+            real_data.num_test,
+        )
+    assert_params_close(trainer.parameters(), reference_trainer.parameters())

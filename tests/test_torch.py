@@ -1,0 +1,258 @@
+"""The PyTorch implementations' own parts: maths, gradients, devices, the d2l pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from impls import numpy_softmax, torch_nn, torch_scratch, torch_support  # noqa: E402
+from impls.config import TrainConfig  # noqa: E402
+from impls.data import MinibatchOrder, to_float32  # noqa: E402
+from impls.protocol import Params  # noqa: E402
+from impls.training import init_params  # noqa: E402
+
+# One step's gradient in float32: only the summation order differs from NumPy's.
+GRAD_RTOL = 1e-4
+GRAD_ATOL = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Trainers set PyTorch's process-wide thread count; put it back after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_params(seed: int, std: float) -> Params:
+    """Parameters large enough that the softmax is far from uniform."""
+    rng = np.random.default_rng(seed)
+    return Params(
+        rng.normal(0, std, size=(784, 10)).astype(np.float32),
+        rng.normal(0, std, size=10).astype(np.float32),
+    )
+
+
+def first_batch(data, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The first minibatch of the shared order: float32 (n, 784) images and labels."""
+    index = MinibatchOrder(data.num_train, batch_size, 0).batches(0)[0]
+    return to_float32(data.train_images[index]).reshape(len(index), -1), data.train_labels[index]
+
+
+# ---------------------------------------------------------------------- maths
+
+
+def test_softmax_and_cross_entropy_match_torch():
+    logits = torch.from_numpy(np.random.default_rng(0).normal(0, 5, size=(64, 10))).float()
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 10, size=64))
+    torch.testing.assert_close(torch_scratch.softmax(logits), torch.softmax(logits, dim=1))
+    torch.testing.assert_close(
+        torch_scratch.cross_entropy(logits, labels),
+        torch.nn.functional.cross_entropy(logits, labels, reduction="none"),
+    )
+
+
+def test_softmax_and_cross_entropy_are_stable_for_huge_logits():
+    logits = torch.tensor([[1000.0, 0.0, -1000.0], [-1e4, 1e4, 0.0]])
+    labels = torch.tensor([1, 0])
+    probabilities = torch_scratch.softmax(logits)
+    assert torch.isfinite(probabilities).all()
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2))
+    # The true class sits 1000 and 2e4 below the top logit: the loss is exactly that gap.
+    torch.testing.assert_close(
+        torch_scratch.cross_entropy(logits, labels), torch.tensor([1e3, 2e4])
+    )
+
+
+def test_accuracy_counts_correct_predictions():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert int(torch_scratch.accuracy(logits, torch.tensor([1, 1, 1]))) == 2
+
+
+def test_sgd_divides_by_the_batch_it_is_given_and_zeroes_the_gradient():
+    param = torch.ones(3, requires_grad=True)
+    (param * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch_scratch.sgd([param], lr=0.5, batch_size=2)
+    torch.testing.assert_close(param.detach(), torch.tensor([0.75, 0.5, 0.25]))
+    assert not param.grad.any()
+
+
+# ------------------------------------------------------- gradients: an oracle
+
+
+@pytest.mark.parametrize("params_kind", ["shared-initial", "far-from-uniform"])
+def test_numpy_gradient_equals_autograd(params_kind, real_data):
+    images, labels = first_batch(real_data)
+    config = TrainConfig()
+    params = init_params(config) if params_kind == "shared-initial" else random_params(3, 0.1)
+    losses, _, grads = numpy_softmax.loss_and_grads(params, images, labels)
+
+    weights = torch.tensor(params.weights, requires_grad=True)
+    bias = torch.tensor(params.bias, requires_grad=True)
+    torch_losses = torch_scratch.cross_entropy(
+        torch_scratch.net(weights, bias, torch.from_numpy(images)), torch.from_numpy(labels)
+    )
+    torch_losses.mean().backward()
+
+    np.testing.assert_allclose(losses, torch_losses.detach().numpy(), rtol=GRAD_RTOL)
+    scale = np.abs(grads.weights).max()
+    np.testing.assert_allclose(
+        grads.weights, weights.grad.numpy(), rtol=GRAD_RTOL, atol=GRAD_ATOL * scale
+    )
+    np.testing.assert_allclose(grads.bias, bias.grad.numpy(), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_nn_cross_entropy_gradient_equals_numpy(real_data):
+    images, labels = first_batch(real_data)
+    params = random_params(4, 0.1)
+    _, _, grads = numpy_softmax.loss_and_grads(params, images, labels)
+    net = torch_support.build_net(params, torch.device("cpu"))
+    loss = torch.nn.CrossEntropyLoss()(net(torch.from_numpy(images)), torch.from_numpy(labels))
+    loss.backward()
+    linear = net[1]
+    scale = np.abs(grads.weights).max()
+    np.testing.assert_allclose(
+        grads.weights, linear.weight.grad.numpy().T, rtol=GRAD_RTOL, atol=GRAD_ATOL * scale
+    )
+    np.testing.assert_allclose(grads.bias, linear.bias.grad.numpy(), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_nn_linear_round_trips_the_shared_layout():
+    params = random_params(5, 1.0)
+    net = torch_support.build_net(params, torch.device("cpu"))
+    assert tuple(net[1].weight.shape) == (10, 784)
+    round_trip = torch_support.linear_params(net[1])
+    np.testing.assert_array_equal(round_trip.weights, params.weights)
+    np.testing.assert_array_equal(round_trip.bias, params.bias)
+    assert round_trip.weights.flags.c_contiguous
+
+
+# ------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("module", [torch_scratch, torch_nn], ids=["torch-scratch", "torch-nn"])
+def test_short_last_batch_takes_its_own_mean(module, tiny_data, default_config):
+    # 600 examples in batches of 256 leave 88 at the end; dividing that batch's
+    # summed gradient by 256 instead would move the weights well outside tolerance.
+    assert tiny_data.num_train % default_config.batch_size == 88
+    order = MinibatchOrder(tiny_data.num_train, default_config.batch_size, 0)
+    trainers = [
+        impl.make_trainer(tiny_data, init_params(default_config), default_config)
+        for impl in (numpy_softmax, module)
+    ]
+    for epoch in range(2):
+        stats = [trainer.train_epoch(order.epoch(epoch)) for trainer in trainers]
+        assert stats[1].loss == pytest.approx(stats[0].loss, rel=1e-5)
+    expected, actual = (trainer.parameters() for trainer in trainers)
+    np.testing.assert_allclose(actual.weights, expected.weights, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(actual.bias, expected.bias, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [torch_scratch, torch_nn], ids=["torch-scratch", "torch-nn"])
+def test_threads_are_applied(module, tiny_data):
+    trainer = module.make_trainer(tiny_data, init_params(TrainConfig()), TrainConfig(threads=1))
+    torch.set_num_threads(2)  # as another trainer in the process might
+    trainer.evaluate()
+    assert torch.get_num_threads() == 1
+    assert trainer.runtime_info()["threads"] == 1
+
+
+def test_unknown_device_names_the_available_ones(tiny_data):
+    with pytest.raises(ValueError, match=r"'tpu'.*available: cpu"):
+        torch_scratch.make_trainer(tiny_data, init_params(TrainConfig()), TrainConfig(device="tpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("module", [torch_scratch, torch_nn], ids=["torch-scratch", "torch-nn"])
+def test_cuda_epoch_matches_cpu(module, real_data):
+    order = MinibatchOrder(real_data.num_train, 256, 0).epoch(0)
+    results = []
+    for device in ("cpu", "cuda"):
+        config = TrainConfig(device=device, threads=2)
+        trainer = module.make_trainer(real_data, init_params(config), config)
+        results.append((trainer.train_epoch(order), trainer.parameters(), trainer.runtime_info()))
+    (cpu_stats, cpu_params, _), (cuda_stats, cuda_params, cuda_info) = results
+    assert cuda_info["device"] == "cuda"
+    # TF32 is off by default for matmuls, so the GPU computes in float32 as well.
+    np.testing.assert_allclose(cuda_params.weights, cpu_params.weights, rtol=1e-4, atol=1e-5)
+    assert cuda_stats.loss == pytest.approx(cpu_stats.loss, rel=1e-4)
+
+
+# ------------------------------------------------------- the d2l reference
+
+
+@pytest.fixture
+def d2l():
+    pytest.importorskip("torchvision")
+    from impls import d2l_reference
+
+    return d2l_reference
+
+
+def test_torchvision_reads_exactly_the_given_arrays(d2l, real_data):
+    train_set, test_set = d2l.load_datasets(real_data)
+    assert torch.equal(train_set.data, torch.from_numpy(real_data.train_images))
+    assert torch.equal(train_set.targets, torch.from_numpy(real_data.train_labels))
+    assert torch.equal(test_set.data, torch.from_numpy(real_data.test_images))
+    assert torch.equal(test_set.targets, torch.from_numpy(real_data.test_labels))
+    # ToTensor per sample gives bit-for-bit the pixels every other implementation uses.
+    image, label = train_set[123]
+    assert tuple(image.shape) == (1, 28, 28)
+    np.testing.assert_array_equal(image[0].numpy(), to_float32(real_data.train_images[123]))
+    assert label == real_data.train_labels[123]
+
+
+def test_d2l_never_downloads(d2l, tiny_data, monkeypatch):
+    def refuse(self):
+        raise AssertionError("torchvision tried to download")
+
+    monkeypatch.setattr(d2l.datasets.FashionMNIST, "download", refuse)
+    d2l.load_datasets(tiny_data)
+
+
+def d2l_epoch(d2l, data, config, *, num_workers, order=None) -> Params:
+    """The d2l reference's parameters after one epoch."""
+    trainer = d2l.D2LReferenceTrainer(data, init_params(config), config, num_workers=num_workers)
+    trainer.train_epoch(order if order is not None else np.arange(data.num_train))
+    assert trainer.runtime_info()["num_workers"] == num_workers
+    return trainer.parameters()
+
+
+def test_d2l_shuffle_is_seeded_and_independent_of_workers_and_order(d2l, tiny_data):
+    config = TrainConfig(threads=2)
+    with_workers = d2l_epoch(d2l, tiny_data, config, num_workers=d2l.BOOK_WORKERS)
+    in_process = d2l_epoch(
+        d2l, tiny_data, config, num_workers=0, order=np.arange(tiny_data.num_train)[::-1]
+    )
+    # Same seed: the same shuffle whether batches come from workers or not, and
+    # whatever shared order is passed in (it is ignored by design).
+    np.testing.assert_array_equal(with_workers.weights, in_process.weights)
+    other_seed = d2l_epoch(d2l, tiny_data, config.replace(seed=1), num_workers=0)
+    assert not np.array_equal(other_seed.weights, in_process.weights)
+
+
+def test_d2l_falls_back_to_no_workers_where_they_cannot_start(d2l, tiny_data, monkeypatch):
+    class WorkerlessDataLoader(d2l.DataLoader):
+        """A DataLoader as in a sandbox without the shared memory workers need."""
+
+        def __iter__(self):
+            if self.num_workers:
+                raise OSError(38, "Function not implemented")
+            return super().__iter__()
+
+    monkeypatch.setattr(d2l, "DataLoader", WorkerlessDataLoader)
+    config = TrainConfig(threads=2)
+    trainer = d2l.make_trainer(tiny_data, init_params(config), config)
+    info = trainer.runtime_info()
+    assert info["num_workers"] == 0
+    assert "Function not implemented" in info["num_workers_note"]
+    assert 0 <= trainer.train_epoch(np.arange(tiny_data.num_train)).accuracy <= 1
+
+
+def test_d2l_uses_the_books_workers_here(d2l, tiny_data):
+    config = TrainConfig(threads=2)
+    info = d2l.make_trainer(tiny_data, init_params(config), config).runtime_info()
+    assert info["num_workers"] == d2l.BOOK_WORKERS
+    assert "num_workers_note" not in info
