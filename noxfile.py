@@ -1,10 +1,16 @@
 """Developer and benchmark sessions: ``nox -s tests``, ``nox -s bench``, ``nox -s lint``.
 
+``nox -s bench`` benchmarks every implementation and writes ``reports/latest.md``;
+``nox -s report -- FILES`` rebuilds the report from saved runs.
+
 Sessions use nox's default virtualenv/pip backend on purpose: pip honours the
 machine's torch cap and local wheels; uv would download several GB of CUDA wheels.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
@@ -13,6 +19,17 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_venv = "yes"
 
 ALL_BACKENDS = "numpy,cli,torch,jax"
+
+# The benchmark run's JSON (pytest-benchmark also autosaves a copy under .benchmarks/).
+BENCH_JSON = Path(".benchmarks") / "last-run.json"
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 @nox.session
@@ -28,3 +45,61 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", *(session.posargs or ["."]))
     session.run("ruff", "format", "--check", "--diff", ".")
+
+
+def _threads_option(session: nox.Session) -> int | None:
+    """The value of ``--threads N`` / ``--threads=N`` among the extra arguments, if any."""
+    args = list(session.posargs)
+    for index, arg in enumerate(args):
+        value = None
+        if arg == "--threads" and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith("--threads="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                session.error(f"--threads needs a whole number, got {value!r}")
+    return None
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark every implementation, then write reports/latest.md and reports/figures/.
+
+    Extra arguments go to pytest, e.g. ``nox -s bench -- --impl numpy --impl jax --quick``
+    or ``-- --threads 1``; ``python -m pytest benchmarks --help`` lists the options.
+    """
+    session.install("-e", ".[all]")
+    requested = _threads_option(session)
+    threads = requested or os.cpu_count() or 1
+    BENCH_JSON.parent.mkdir(exist_ok=True)
+    BENCH_JSON.unlink(missing_ok=True)  # never report a stale run
+    session.run(
+        "python", "-m", "pytest", "benchmarks",
+        "--benchmark-autosave", f"--benchmark-json={BENCH_JSON}",
+        *([] if requested else ["--threads", str(threads)]),
+        *session.posargs,
+        env=dict.fromkeys(THREAD_ENV_VARS, str(threads)),
+        success_codes=[0, 1],  # a failing implementation is listed in the report
+    )  # fmt: skip
+    if not BENCH_JSON.is_file():
+        session.error(f"the benchmark run wrote no {BENCH_JSON}: nothing was measured")
+    # Exits 1 after writing the report when a benchmark failed, so the session fails too.
+    session.run(
+        "python", "-m", "impls.report", str(BENCH_JSON),
+        "--out", "reports", "--previous", "auto", "--fail-on-failures",
+    )  # fmt: skip
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Rebuild reports/ from saved benchmark JSON: ``nox -s report -- FILES...``.
+
+    Several files (several machines) are merged with the machine as a column. Without
+    files, the newest run saved under .benchmarks/. ``--previous FILE|auto|none`` picks
+    the run to compare with (default: the previous saved run of the same machine).
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "impls.report", "--out", "reports", *session.posargs)

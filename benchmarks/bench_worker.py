@@ -1,0 +1,270 @@
+"""One implementation in its own process, driven by the benchmarks over a pipe.
+
+Run as a script by :class:`harness.Worker`, never imported by the benchmarks.
+Each worker serves one implementation at one thread count:
+
+* peak resident memory is per process, so each implementation's peak is its own;
+* thread settings that a framework fixes when it starts (XLA's pools) are
+  applied in a fresh process every time;
+* a crash, a hang or a leaked thread pool stays in the worker, and no
+  framework's idle threads compete with another one's timing.
+
+Protocol: one JSON object per line. Requests arrive on stdin; replies leave on
+a duplicate of the original stdout, and file descriptor 1 is pointed at stderr,
+so a library printing to stdout cannot corrupt the protocol. A reply is
+``{"ok": true, ...}`` or ``{"ok": false, "error_type", "error", "traceback"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--data-dir", default=None)
+    return parser.parse_args(argv)
+
+
+def _protocol_stream():
+    """A text stream on the original stdout; fd 1 (and ``sys.stdout``) now go to stderr."""
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
+
+
+def _peak_rss() -> tuple[int | None, int | None]:
+    """Peak resident set size in bytes of this process and of its largest child."""
+    try:
+        import resource
+    except ImportError:  # Windows: psutil's peak working set, no children figure
+        try:
+            import psutil
+
+            return int(psutil.Process().memory_info().peak_wset), None
+        except Exception:
+            return None, None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return int(own), int(children)
+
+
+def _current_rss() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def _framework_info() -> dict[str, object]:
+    """Versions, threads and devices of whatever frameworks this process has imported."""
+    info: dict[str, object] = {}
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [
+            {
+                key: pool.get(key)
+                for key in ("user_api", "internal_api", "version", "num_threads", "prefix")
+            }
+            for pool in threadpool_info()
+        ]
+    except Exception as error:  # threadpoolctl is optional here
+        info["threadpools_error"] = repr(error)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        entry: dict[str, object] = {
+            "version": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+            "num_interop_threads": torch.get_num_interop_threads(),
+            "cuda_available": bool(torch.cuda.is_available()),
+        }
+        if torch.cuda.is_available():
+            entry["cuda_devices"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
+        info["torch"] = entry
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            info["jax"] = {
+                "version": jax.__version__,
+                "default_backend": jax.default_backend(),
+                "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+            }
+        except Exception as error:
+            info["jax"] = {"version": getattr(jax, "__version__", "?"), "error": repr(error)}
+    return info
+
+
+class Server:
+    """Holds the dataset and at most one trainer; answers requests in order."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from impls.data import load_fashion_mnist
+
+        self.impl = args.impl
+        self.threads = args.threads
+        start = time.perf_counter()
+        self.data = load_fashion_mnist(args.data_dir, download=False)
+        self.load_seconds = time.perf_counter() - start
+        self.module = None
+        self.trainer = None
+        self.config = None
+        self.order = None
+        self.pending_order = None
+        self.pending_epoch = 0
+
+    # Each handler returns the reply's fields.
+
+    def cmd_hello(self) -> dict[str, object]:
+        return {
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "load_seconds": self.load_seconds,
+            "num_train": int(self.data.num_train),
+            "num_test": int(self.data.num_test),
+        }
+
+    def cmd_load(self) -> dict[str, object]:
+        """Import the implementation's module (and so its framework)."""
+        from impls import registry
+
+        start = time.perf_counter()
+        self.module = registry.get(self.impl).load()
+        return {"import_seconds": time.perf_counter() - start}
+
+    def cmd_devices(self) -> dict[str, object]:
+        # Only after a build: JAX fixes its thread pools when this first runs.
+        return {"devices": list(self.module.available_devices())}
+
+    def cmd_build(self, config: dict) -> dict[str, object]:
+        from impls.config import TrainConfig
+        from impls.data import MinibatchOrder
+        from impls.training import init_params
+
+        if self.module is None:
+            self.cmd_load()
+        self.trainer = None
+        gc.collect()
+        self.config = TrainConfig(**config).resolved()
+        self.order = MinibatchOrder(self.data.num_train, self.config.batch_size, self.config.seed)
+        start = time.perf_counter()
+        self.trainer = self.module.make_trainer(self.data, init_params(self.config), self.config)
+        seconds = time.perf_counter() - start
+        return {
+            "build_seconds": seconds,
+            "config": self.config.as_dict(),
+            "runtime": dict(self.trainer.runtime_info()),
+        }
+
+    def cmd_prepare(self, epoch: int) -> dict[str, object]:
+        """Compute ``epoch``'s shared order now, so that ``train`` times training only."""
+        self.pending_order = self.order.epoch(epoch)
+        self.pending_epoch = epoch
+        return {}
+
+    def cmd_train(self) -> dict[str, object]:
+        from impls.training import check_finite
+
+        if self.pending_order is None:
+            raise RuntimeError("train without prepare: no minibatch order")
+        order, self.pending_order = self.pending_order, None
+        start = time.perf_counter()
+        stats = self.trainer.train_epoch(order)
+        seconds = time.perf_counter() - start
+        check_finite(stats.loss, self.pending_epoch + 1, self.config)
+        return {"loss": stats.loss, "accuracy": stats.accuracy, "seconds": seconds}
+
+    def cmd_evaluate(self) -> dict[str, object]:
+        start = time.perf_counter()
+        evaluation = self.trainer.evaluate()
+        return {
+            "loss": evaluation.loss,
+            "accuracy": evaluation.accuracy,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def cmd_predict(self, count: int) -> dict[str, object]:
+        predictions = self.trainer.predict(self.data.test_images[:count])
+        return {"predictions": [int(p) for p in predictions]}
+
+    def cmd_info(self) -> dict[str, object]:
+        own, children = _peak_rss()
+        return {
+            "peak_rss_bytes": own,
+            "peak_rss_children_bytes": children,
+            "rss_bytes": _current_rss(),
+            "frameworks": _framework_info(),
+        }
+
+    def handle(self, request: dict) -> dict[str, object]:
+        command = request.pop("cmd")
+        handler = getattr(self, f"cmd_{command}", None)
+        if handler is None:
+            raise ValueError(f"unknown command {command!r}")
+        return handler(**request)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    for name in THREAD_ENV_VARS:  # before numpy or any framework loads its thread pool
+        os.environ[name] = str(args.threads)
+    proto = _protocol_stream()
+
+    def send(reply: dict) -> None:
+        proto.write(json.dumps(reply, default=str) + "\n")
+        proto.flush()
+
+    def failure(error: BaseException) -> dict:
+        return {
+            "ok": False,
+            "error_type": type(error).__name__,
+            "error": str(error),
+            "traceback": traceback.format_exc(limit=20),
+        }
+
+    try:
+        server = Server(args)
+    except Exception as error:
+        send(failure(error))
+        return 1
+    send({"ok": True, **server.cmd_hello()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        if request.get("cmd") == "quit":
+            send({"ok": True})
+            break
+        try:
+            reply = {"ok": True, **server.handle(request)}
+        except Exception as error:
+            reply = failure(error)
+        send(reply)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

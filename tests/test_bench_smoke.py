@@ -1,0 +1,93 @@
+"""Smoke run of the benchmark suite (numpy only, --quick) and a report built from its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+pd = pytest.importorskip("pandas")
+pytest.importorskip("tabulate")
+pytest.importorskip("matplotlib")
+
+from impls import report  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MISSING_DEVICE = "no-such-device"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
+    """Run ``benchmarks/`` in a subprocess, as ``nox -s bench`` does; return its JSON."""
+    out = tmp_path_factory.mktemp("bench")
+    run_json = out / "run.json"
+    command = [
+        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
+        "--impl", "numpy", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
+        f"--benchmark-json={run_json}", f"--benchmark-storage={out / 'storage'}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert run_json.is_file(), result.stdout[-4000:]
+    return run_json
+
+
+def test_smoke_json(smoke_run: Path) -> None:
+    document = json.loads(smoke_run.read_text())
+    kinds = sorted(b["extra_info"]["kind"] for b in document["benchmarks"])
+    assert kinds == ["batch", "batch", "batch", "epoch", "limit", "threads", "threads"]
+    for bench in document["benchmarks"]:
+        assert bench["stats"]["median"] > 0
+        assert bench["stats"]["rounds"] >= 1
+    epoch = next(b for b in document["benchmarks"] if b["extra_info"]["kind"] == "epoch")
+    info = epoch["extra_info"]
+    assert info["epochs"] == 2 and len(info["history"]) == 2
+    assert [record["epoch"] for record in info["history"]] == [1, 2]
+    assert all(0 < record["test_accuracy"] <= 1 for record in info["history"])
+    assert info["first_epoch_seconds"] > 0 and info["peak_rss_bytes"] > 50 * 2**20
+    assert len(info["predictions"]) == 18
+    machine = document["machine_info"]["fmbench"]
+    assert machine["threads"] >= 1 and machine["versions"]["numpy"]
+    assert machine["frameworks"]["numpy"]["threads"] == machine["threads"]
+    tests = document["fmbench"]["tests"]
+    skipped = [t for t in tests if t["outcome"] == "skipped"]
+    assert skipped and all(t["device"] == MISSING_DEVICE for t in skipped)
+    assert all("not available to numpy" in t["reason"] for t in skipped)
+    assert all(t["outcome"] == "passed" for t in tests if t.get("device") != MISSING_DEVICE)
+
+
+def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
+    markdown = report.build_report([smoke_run], tmp_path / "reports").read_text()
+    table = markdown.split("## Epoch time and accuracy")[1].strip().splitlines()
+    header = table[0]
+    for column in (
+        "implementation", "device", "epoch [s] median (IQR)", "examples/s",
+        "speed-up vs d2l-reference", "× limit", "first epoch [s]", "test accuracy",
+        "time to 0.82 [s]", "peak RSS [MiB]",
+    ):  # fmt: skip
+        assert column in header
+    assert any(line.startswith("| numpy") for line in table)
+    assert "limit: read float32 train set once" in markdown
+    assert "not available to numpy" in markdown  # the skipped device is listed
+    assert "Smoke run" in markdown
+    figures = tmp_path / "reports" / "figures"
+    for name in ("epoch_time.png", "accuracy_by_epoch.png", "accuracy_by_time.png"):
+        assert (figures / name).stat().st_size > 1000
+    if (REPO / "impls" / "figures.py").is_file():
+        assert (figures / "predictions.png").stat().st_size > 1000
+
+    frame = report.results_frame(report.load_runs([smoke_run]))
+    assert (frame["median_s"] > 0).all()
+    numpy_row = frame[frame["kind"] == "epoch"].iloc[0]
+    assert 0 < numpy_row["final_test_accuracy"] <= 1
+    assert numpy_row["first_epoch_s"] > 0
+    assert numpy_row["examples_per_s"] > 0
+    assert numpy_row["limit_multiple"] > 1  # an epoch reads the data more than once
+    assert numpy_row["peak_rss_mib"] > 50
+    assert pd.isna(numpy_row["speedup_vs_baseline"])  # no d2l-reference in this run
