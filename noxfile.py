@@ -9,7 +9,6 @@ machine's torch cap and local wheels; uv would download several GB of CUDA wheel
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nox
@@ -22,14 +21,6 @@ ALL_BACKENDS = "numpy,cli,torch,jax"
 
 # The benchmark run's JSON (pytest-benchmark also autosaves a copy under .benchmarks/).
 BENCH_JSON = Path(".benchmarks") / "last-run.json"
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
 
 
 @nox.session
@@ -47,23 +38,6 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "--diff", ".")
 
 
-def _threads_option(session: nox.Session) -> int | None:
-    """The value of ``--threads N`` / ``--threads=N`` among the extra arguments, if any."""
-    args = list(session.posargs)
-    for index, arg in enumerate(args):
-        value = None
-        if arg == "--threads" and index + 1 < len(args):
-            value = args[index + 1]
-        elif arg.startswith("--threads="):
-            value = arg.partition("=")[2]
-        if value is not None:
-            try:
-                return int(value)
-            except ValueError:
-                session.error(f"--threads needs a whole number, got {value!r}")
-    return None
-
-
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmark every implementation, then write reports/latest.md and reports/figures/.
@@ -72,16 +46,12 @@ def bench(session: nox.Session) -> None:
     or ``-- --threads 1``; ``python -m pytest benchmarks --help`` lists the options.
     """
     session.install("-e", ".[all]")
-    requested = _threads_option(session)
-    threads = requested or os.cpu_count() or 1
     BENCH_JSON.parent.mkdir(exist_ok=True)
     BENCH_JSON.unlink(missing_ok=True)  # never report a stale run
     session.run(
         "python", "-m", "pytest", "benchmarks",
         "--benchmark-autosave", f"--benchmark-json={BENCH_JSON}",
-        *([] if requested else ["--threads", str(threads)]),
-        *session.posargs,
-        env=dict.fromkeys(THREAD_ENV_VARS, str(threads)),
+        *session.posargs,  # --threads N (default: all cores) sets every framework's threads
         success_codes=[0, 1],  # a failing implementation is listed in the report
     )  # fmt: skip
     if not BENCH_JSON.is_file():

@@ -25,15 +25,6 @@ import sys
 import time
 import traceback
 
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -229,8 +220,8 @@ class Server:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    for name in THREAD_ENV_VARS:  # before numpy or any framework loads its thread pool
-        os.environ[name] = str(args.threads)
+    # The thread variables (OMP_NUM_THREADS...) arrive set in the environment the
+    # harness starts this process with, before numpy or a framework sizes its pools.
     proto = _protocol_stream()
 
     def send(reply: dict) -> None:

@@ -485,7 +485,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "memory_bytes": _memory_bytes(),
         "os": f"{platform.system()} {platform.release()}",
         "threads": settings.threads,
-        "thread_env": {name: os.environ.get(name) for name in harness.THREAD_ENV_VARS},
+        "thread_env": harness.thread_env(settings.threads),  # what each worker is started with
         "load_average": {"start": state["load_start"], "end": _loadavg()},
         # Busy CPU time of the machine minus this run's own (pytest and its reaped workers).
         "other_cpu_use": _other_cpu_use(state["cpu_start"]),

@@ -113,6 +113,7 @@ class WorkerSkip(Exception):
 
 
 def thread_env(threads: int) -> dict[str, str]:
+    """The environment that pins every BLAS/OpenMP pool of a worker to ``threads``."""
     return dict.fromkeys(THREAD_ENV_VARS, str(threads))
 
 

@@ -22,12 +22,13 @@ from impls.torch_support import (
     apply_threads,
     available_devices,
     build_net,
-    device_name,
     flat_images,
     host_sum,
     linear_params,
     resolve_device,
+    runtime_info,
     synchronize,
+    to_device,
 )
 
 __all__ = ["available_devices", "make_trainer"]
@@ -42,10 +43,7 @@ class TorchNNTrainer:
         self._config = config
         self._device = resolve_device(config.device)
         self._threads = apply_threads(config.threads)
-        self._train_x = flat_images(data.train_images, self._device)
-        self._train_y = torch.from_numpy(data.train_labels).to(self._device)
-        self._test_x = flat_images(data.test_images, self._device)
-        self._test_y = torch.from_numpy(data.test_labels).to(self._device)
+        self._train_x, self._train_y, self._test_x, self._test_y = to_device(data, self._device)
         self._net = build_net(params, self._device)
         # Mean over each batch, as the protocol asks: the last, shorter batch takes its own mean.
         self._loss = nn.CrossEntropyLoss(reduction="mean")
@@ -100,12 +98,7 @@ class TorchNNTrainer:
         return linear_params(self._net[1])
 
     def runtime_info(self) -> Mapping[str, object]:
-        return {
-            "device": self._device.type,
-            "device_name": device_name(self._device),
-            "threads": self._threads,
-            "torch": torch.__version__,
-        }
+        return runtime_info(self._device, self._threads)
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchNNTrainer:

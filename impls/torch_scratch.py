@@ -22,11 +22,12 @@ from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     apply_threads,
     available_devices,
-    device_name,
     flat_images,
     host_sum,
     resolve_device,
+    runtime_info,
     synchronize,
+    to_device,
 )
 
 __all__ = ["available_devices", "make_trainer"]
@@ -91,10 +92,7 @@ class TorchScratchTrainer:
         self._config = config
         self._device = resolve_device(config.device)
         self._threads = apply_threads(config.threads)
-        self._train_x = flat_images(data.train_images, self._device)
-        self._train_y = torch.from_numpy(data.train_labels).to(self._device)
-        self._test_x = flat_images(data.test_images, self._device)
-        self._test_y = torch.from_numpy(data.test_labels).to(self._device)
+        self._train_x, self._train_y, self._test_x, self._test_y = to_device(data, self._device)
         self._weights = torch.tensor(params.weights, device=self._device, requires_grad=True)
         self._bias = torch.tensor(params.bias, device=self._device, requires_grad=True)
 
@@ -145,12 +143,7 @@ class TorchScratchTrainer:
         )
 
     def runtime_info(self) -> Mapping[str, object]:
-        return {
-            "device": self._device.type,
-            "device_name": device_name(self._device),
-            "threads": self._threads,
-            "torch": torch.__version__,
-        }
+        return runtime_info(self._device, self._threads)
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchScratchTrainer:

@@ -6,11 +6,13 @@ import it, so importing it without torch installed is never attempted.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
 
-from impls.data import to_float32
+from impls.data import FashionMNIST, to_float32
 from impls.protocol import Params
 from impls.training import NUM_INPUTS, NUM_OUTPUTS
 
@@ -62,6 +64,35 @@ def synchronize(device: torch.device) -> None:
 def flat_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images (N, 28, 28) as a float32 (N, 784) tensor on ``device``, ToTensor-scaled."""
     return torch.from_numpy(to_float32(images).reshape(len(images), -1)).to(device)
+
+
+def runtime_info(device: torch.device, threads: int) -> dict[str, object]:
+    """What a PyTorch trainer ran with, for reports."""
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+
+
+class DeviceData(NamedTuple):
+    """The dataset moved to the device once: flat float32 images, int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def to_device(data: FashionMNIST, device: torch.device) -> DeviceData:
+    """Convert ``data`` at the framework boundary, once."""
+    return DeviceData(
+        flat_images(data.train_images, device),
+        torch.from_numpy(data.train_labels).to(device),
+        flat_images(data.test_images, device),
+        torch.from_numpy(data.test_labels).to(device),
+    )
 
 
 def host_sum(batch_loss_sums: list[torch.Tensor]) -> float:
