@@ -1,6 +1,6 @@
 """Developer and benchmark sessions: ``nox -s tests``, ``nox -s bench``, ``nox -s lint``.
 
-``nox -s bench`` benchmarks every implementation and writes ``reports/latest.md``;
+``nox -s bench`` benchmarks every implementation and writes ``reports/latest/``;
 ``nox -s report -- FILES`` rebuilds the report from saved runs.
 
 Sessions use nox's default virtualenv/pip backend on purpose: pip honours the
@@ -40,7 +40,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark every implementation, then write reports/latest.md and reports/figures/.
+    """Benchmark every implementation, then write the report into reports/latest/.
 
     Extra arguments go to pytest, e.g. ``nox -s bench -- --impl numpy --impl jax --quick``
     or ``-- --threads 1``; ``python -m pytest benchmarks --help`` lists the options.
@@ -59,7 +59,7 @@ def bench(session: nox.Session) -> None:
     # Exits 1 after writing the report when a benchmark failed, so the session fails too.
     session.run(
         "python", "-m", "impls.report", str(BENCH_JSON),
-        "--out", "reports", "--previous", "auto", "--fail-on-failures",
+        "--out", "reports/latest", "--previous", "auto", "--fail-on-failures",
     )  # fmt: skip
 
 
@@ -72,4 +72,4 @@ def report(session: nox.Session) -> None:
     the run to compare with (default: the previous saved run of the same machine).
     """
     session.install("-e", ".[bench]")
-    session.run("python", "-m", "impls.report", "--out", "reports", *session.posargs)
+    session.run("python", "-m", "impls.report", "--out", "reports/latest", *session.posargs)

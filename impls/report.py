@@ -7,7 +7,7 @@ runs, merging several machines into one table with the machine as a column.
 The report is Markdown (tables by pandas' ``to_markdown``) plus PNG figures
 (matplotlib, Agg) referenced by relative path::
 
-    OUT/latest.md
+    OUT/README.md
     OUT/figures/epoch_time.png, accuracy_by_epoch.png, accuracy_by_time.png, predictions.png
 
 Every input is validated before anything is written; the report is built in
@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPORT_NAME = "latest.md"
+REPORT_NAME = "README.md"  # so a report folder renders when browsed
 FIGURES_DIR = "figures"
 BASELINE = "d2l-reference"
 DEFAULT_STORAGE = ".benchmarks"
@@ -1248,7 +1248,7 @@ def build_report(
     out_dir: str | os.PathLike[str],
     previous: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> Path:
-    """Build ``out_dir/latest.md`` and ``out_dir/figures/`` from benchmark JSON files.
+    """Build ``out_dir/README.md`` and ``out_dir/figures/`` from benchmark JSON files.
 
     ``previous``: saved run(s) to compare with (matched by machine), or None.
     Every file is validated first; the report is assembled in a temporary
@@ -1307,7 +1307,10 @@ def _parser() -> argparse.ArgumentParser:
         help="benchmark JSON files (default: the newest run saved under --storage)",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("reports"), help="output directory (default: reports)"
+        "--out",
+        type=Path,
+        default=Path("reports/latest"),
+        help="output directory (default: reports/latest)",
     )
     parser.add_argument(
         "--previous",

@@ -219,7 +219,7 @@ def out_dir(tmp_path: Path) -> Path:
     """An output directory holding an earlier report, which bad input must leave alone."""
     out = tmp_path / "reports"
     (out / "figures").mkdir(parents=True)
-    (out / "latest.md").write_text("earlier report\n")
+    (out / "README.md").write_text("earlier report\n")
     (out / "figures" / "epoch_time.png").write_bytes(b"earlier figure")
     return out
 
@@ -463,7 +463,7 @@ def test_main_writes_the_report(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     code = report.main([str(path), "--out", str(out), "--storage", str(tmp_path / "none")])
     assert code == 0
-    assert (out / "latest.md").is_file()
+    assert (out / "README.md").is_file()
     assert "1 benchmark(s) failed" in capsys.readouterr().err
     code = report.main([str(path), "--out", str(out), "--previous", "none", "--fail-on-failures"])
     assert code == 1  # the report lists torch-nn as failed
