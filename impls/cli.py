@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", type=Path, default=None)
     data.add_argument("--no-download", action="store_true")
 
-    report = commands.add_parser("report", help="build a markdown report from benchmark JSON")
-    report.add_argument("args", nargs=argparse.REMAINDER, help="see fmbench report -- --help")
+    # Listed for --help; main() hands everything after "report" to impls.report's own parser.
+    commands.add_parser("report", help="build a markdown report from benchmark JSON (see --help)")
     return parser
 
 
@@ -192,20 +192,21 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(argv: Sequence[str]) -> int:
+    """``fmbench report ...``: impls.report's command line, arguments passed through."""
     from impls import report
 
-    rest = list(args.args)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    return report.main(rest)
+    return report.main(list(argv))
 
 
-COMMANDS = {"train": run_train, "list": run_list, "data": run_data, "report": run_report}
+COMMANDS = {"train": run_train, "list": run_list, "data": run_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fmbench`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return run_report(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -95,3 +95,14 @@ def test_console_script_runs_as_a_process(real_data):
         check=False,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_report_subcommand_passes_its_arguments_through(tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert main(["report", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0
+    assert "--previous" in capsys.readouterr().out
