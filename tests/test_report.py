@@ -489,3 +489,17 @@ def test_inputs_are_not_modified(tmp_path: Path, out_dir: Path) -> None:
     path = write(tmp_path / "run.json", document)
     report.build_report([path], out_dir)
     assert json.loads(path.read_text()) == copy.deepcopy(document)
+
+
+REFERENCE_RUN = Path(__file__).resolve().parent.parent / "reports" / "reference" / "run.json"
+
+
+def test_committed_reference_run_still_builds(tmp_path: Path) -> None:
+    """The committed reference JSON stays readable by the current report code."""
+    path = report.build_report([REFERENCE_RUN], tmp_path / "reference", previous=None)
+    text = path.read_text()
+    for implementation in ("numpy", "torch-scratch", "torch-nn", "jax", "d2l-reference"):
+        assert f"| {implementation} " in text
+    for column in ("epoch [s] median (IQR)", "speed-up vs d2l-reference", "× limit"):
+        assert column in text
+    assert len(list((tmp_path / "reference" / "figures").glob("*.png"))) == 4
