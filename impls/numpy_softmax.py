@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, batch_bounds, to_float32
+from impls.data import NUM_CLASSES, FashionMNIST, batch_bounds, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 
 EVAL_BATCH = 2048
@@ -71,6 +71,51 @@ def sgd_update(params: Params, grads: Params, lr: float) -> Params:
     return Params(params.weights - lr32 * grads.weights, params.bias - lr32 * grads.bias)
 
 
+class Workspace:
+    """Buffers one training step reuses, sized for the largest batch."""
+
+    def __init__(self, batch_size: int, num_inputs: int, num_outputs: int) -> None:
+        self.pixels = np.empty((batch_size, num_inputs), dtype=np.uint8)
+        self.images = np.empty((batch_size, num_inputs), dtype=np.float32)
+        self.logits = np.empty((batch_size, num_outputs), dtype=np.float32)
+        self.probs = np.empty((batch_size, num_outputs), dtype=np.float32)
+        self.grad_weights = np.empty((num_inputs, num_outputs), dtype=np.float32)
+        self.rows = np.arange(batch_size)
+
+
+def sgd_step(
+    params: Params, pixels: np.ndarray, labels: np.ndarray, lr: float, work: Workspace
+) -> tuple[float, int]:
+    """One SGD step on uint8 ``pixels`` (n, 784), updating ``params`` in place.
+
+    The same arithmetic as ``loss_and_grads`` then ``sgd_update`` (the tests hold
+    them bitwise equal), written into ``work``'s buffers: per step it allocates
+    nothing the size of a batch, and it converts uint8 to float32 on the fly, so
+    an epoch reads 47 MB of pixels instead of 188 MB. Returns the batch's summed
+    loss and its number of correct predictions.
+    """
+    n = len(labels)
+    images, logits, probs, rows = work.images[:n], work.logits[:n], work.probs[:n], work.rows[:n]
+    # Division, not multiplication by 1/255: bit-for-bit the float32 x/255 of to_float32.
+    np.divide(pixels, np.float32(255), out=images, dtype=np.float32)
+    np.matmul(images, params.weights, out=logits)
+    logits += params.bias
+    correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
+    np.subtract(logits, logits.max(axis=1, keepdims=True), out=logits)  # now shifted
+    np.exp(logits, out=probs)
+    sums = probs.sum(axis=1, keepdims=True)
+    loss_sum = float((np.log(sums[:, 0]) - logits[rows, labels]).sum(dtype=np.float64))
+    probs /= sums
+    probs[rows, labels] -= 1.0
+    probs /= np.float32(n)  # d(mean loss)/d(logits)
+    lr32 = np.float32(lr)
+    np.matmul(images.T, probs, out=work.grad_weights)
+    work.grad_weights *= lr32
+    np.subtract(params.weights, work.grad_weights, out=params.weights)
+    np.subtract(params.bias, lr32 * probs.sum(axis=0), out=params.bias)
+    return loss_sum, correct
+
+
 class NumpyTrainer:
     """The protocol's stateful shell around the pure functions above."""
 
@@ -81,11 +126,16 @@ class NumpyTrainer:
             raise ValueError(f"numpy runs on the CPU only, not on device {config.device!r}")
         self._config = config
         self._threads = ThreadpoolController()
-        self._train_x = to_float32(data.train_images).reshape(data.num_train, -1)
+        # uint8 kept as is: sgd_step converts each batch (4x fewer bytes read per epoch).
+        self._train_pixels = np.ascontiguousarray(data.train_images.reshape(data.num_train, -1))
         self._train_y = data.train_labels
+        self._work = Workspace(config.batch_size, self._train_pixels.shape[1], NUM_CLASSES)
         self._test_x = to_float32(data.test_images).reshape(data.num_test, -1)
         self._test_y = data.test_labels
-        self._params = Params(params.weights.astype(np.float32), params.bias.astype(np.float32))
+        # Copies: sgd_step updates them in place.
+        self._params = Params(
+            params.weights.astype(np.float32, copy=True), params.bias.astype(np.float32, copy=True)
+        )
 
     def _limit_threads(self):
         return self._threads.limit(limits=self._config.threads, user_api="blas")
@@ -96,11 +146,13 @@ class NumpyTrainer:
         with self._limit_threads():
             for start in range(0, len(order), batch):
                 index = order[start : start + batch]
-                labels = self._train_y[index]
-                losses, logits, grads = loss_and_grads(self._params, self._train_x[index], labels)
-                self._params = sgd_update(self._params, grads, self._config.lr)
-                total_loss += float(losses.sum(dtype=np.float64))
-                correct += accuracy(logits, labels)
+                pixels = self._work.pixels[: len(index)]
+                np.take(self._train_pixels, index, axis=0, out=pixels)
+                loss_sum, batch_correct = sgd_step(
+                    self._params, pixels, self._train_y[index], self._config.lr, self._work
+                )
+                total_loss += loss_sum
+                correct += batch_correct
         return EpochStats(total_loss / len(order), correct / len(order))
 
     def evaluate(self) -> Evaluation:
