@@ -72,13 +72,53 @@ _CACHE_EVENTS = ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/ca
 # ------------------------------------------------------------------- the maths
 
 
-def forward(params: Params, images: jax.Array) -> jax.Array:
+class Linear(NamedTuple):
+    """The parameters as this module keeps them: W transposed, (10, 784), and b.
+
+    XLA's CPU dot runs x @ W about twice as fast with W laid out (out, in), as
+    nn.Linear keeps it, as with (in, out): a whole epoch 0.061 s -> 0.034 s here,
+    bit-for-bit the same results. :func:`to_linear` and :func:`to_params` convert
+    at the module's boundary.
+    """
+
+    weights_t: jax.Array
+    bias: jax.Array
+
+
+def to_linear(params: Params) -> Linear:
+    """Shared NumPy parameters as this module's pytree (W transposed)."""
+    return Linear(
+        jnp.asarray(np.ascontiguousarray(params.weights.T), dtype=jnp.float32),
+        jnp.asarray(params.bias, dtype=jnp.float32),
+    )
+
+
+def to_params(linear: Linear) -> Params:
+    """This module's pytree back as shared NumPy parameters, W (784, 10)."""
+    weights_t, bias = jax.device_get(linear)
+    return Params(
+        np.ascontiguousarray(np.asarray(weights_t, dtype=np.float32).T),
+        np.array(bias, dtype=np.float32),
+    )
+
+
+def to_float(pixels: jax.Array, divisor: jax.Array) -> jax.Array:
+    """uint8 pixels as float32 in [0, 1], bit-for-bit ``to_float32``'s x / 255.
+
+    ``divisor`` (255) arrives as a runtime argument on purpose: a constant lets
+    XLA rewrite the division as a multiplication by 1/255, which differs in the
+    last bit for 126 of the 256 pixel values.
+    """
+    return pixels.astype(jnp.float32) / divisor
+
+
+def forward(params: Linear, images: jax.Array) -> jax.Array:
     """Logits (N, 10) of flattened float32 images (N, 784), in true float32."""
-    return jnp.dot(images, params.weights, precision=HIGHEST) + params.bias
+    return jnp.dot(images, params.weights_t.T, precision=HIGHEST) + params.bias
 
 
 def batch_loss(
-    params: Params, images: jax.Array, labels: jax.Array
+    params: Linear, images: jax.Array, labels: jax.Array
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """The batch's mean cross-entropy, with the per-example losses and logits as aux."""
     logits = forward(params, images)
@@ -93,11 +133,11 @@ def count_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def train_step(
     optimizer: optax.GradientTransformation,
-    params: Params,
+    params: Linear,
     opt_state: optax.OptState,
     images: jax.Array,
     labels: jax.Array,
-) -> tuple[Params, optax.OptState, jax.Array, jax.Array]:
+) -> tuple[Linear, optax.OptState, jax.Array, jax.Array]:
     """One SGD step on one batch: new state, the batch's loss sum and correct count."""
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     (_, (losses, logits)), grads = grad_fn(params, images, labels)
@@ -108,14 +148,18 @@ def train_step(
 
 def gather_step(
     optimizer: optax.GradientTransformation,
-    params: Params,
+    divisor: jax.Array,
+    params: Linear,
     opt_state: optax.OptState,
-    images: jax.Array,
+    pixels: jax.Array,
     labels: jax.Array,
     index: jax.Array,
-) -> tuple[Params, optax.OptState, jax.Array, jax.Array]:
-    """:func:`train_step` on the examples at ``index`` (in bounds: checked on the host)."""
-    batch_x = images.at[index].get(mode="promise_in_bounds")
+) -> tuple[Linear, optax.OptState, jax.Array, jax.Array]:
+    """:func:`train_step` on the examples at ``index`` (in bounds: checked on the host).
+
+    Gathers uint8 rows and converts them: a quarter of the bytes of float32 rows.
+    """
+    batch_x = to_float(pixels.at[index].get(mode="promise_in_bounds"), divisor)
     batch_y = labels.at[index].get(mode="promise_in_bounds")
     return train_step(optimizer, params, opt_state, batch_x, batch_y)
 
@@ -123,25 +167,26 @@ def gather_step(
 def epoch_fn(
     optimizer: optax.GradientTransformation,
     batch_size: int,
-    params: Params,
+    params: Linear,
     opt_state: optax.OptState,
-    images: jax.Array,
+    pixels: jax.Array,
     labels: jax.Array,
     order: jax.Array,
-) -> tuple[Params, optax.OptState, jax.Array, jax.Array]:
+    divisor: jax.Array,
+) -> tuple[Linear, optax.OptState, jax.Array, jax.Array]:
     """A whole epoch over ``order``: per-batch loss sums and correct counts, in batch order.
 
     ``lax.scan`` runs the ``len(order) // batch_size`` full batches; the remaining
     examples, if any, make one last, shorter batch (any N and batch size).
     """
     full = order.shape[0] // batch_size
-    step = partial(gather_step, optimizer)
+    step = partial(gather_step, optimizer, divisor)
     loss_sums = jnp.zeros((0,), jnp.float32)
     corrects = jnp.zeros((0,), jnp.int32)
     if full:
 
         def body(carry, index):
-            params, opt_state, loss, correct = step(*carry, images, labels, index)
+            params, opt_state, loss, correct = step(*carry, pixels, labels, index)
             return (params, opt_state), (loss, correct)
 
         batches = order[: full * batch_size].reshape(full, batch_size)
@@ -150,7 +195,7 @@ def epoch_fn(
         )
     if order.shape[0] > full * batch_size:
         params, opt_state, loss, correct = step(
-            params, opt_state, images, labels, order[full * batch_size :]
+            params, opt_state, pixels, labels, order[full * batch_size :]
         )
         loss_sums = jnp.concatenate([loss_sums, loss[None]])
         corrects = jnp.concatenate([corrects, correct[None]])
@@ -158,15 +203,15 @@ def epoch_fn(
 
 
 def evaluate_fn(
-    params: Params, images: jax.Array, labels: jax.Array
+    params: Linear, pixels: jax.Array, labels: jax.Array, divisor: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-example losses and the correct count over a whole (test) set."""
-    logits = forward(params, images)
+    """Per-example losses and the correct count over a whole (test) set of uint8 pixels."""
+    logits = forward(params, to_float(pixels, divisor))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return losses, count_correct(logits, labels)
 
 
-def predict_fn(params: Params, images: jax.Array) -> jax.Array:
+def predict_fn(params: Linear, images: jax.Array) -> jax.Array:
     return jnp.argmax(forward(params, images), axis=1)
 
 
@@ -379,13 +424,13 @@ class JaxTrainer:
         )
         put = partial(jax.device_put, device=self._device)
         self._num_train = data.num_train
-        self._train_x = put(to_float32(data.train_images).reshape(data.num_train, -1))
+        # uint8 on the device; the compiled programs convert (see to_float).
+        self._train_x = put(data.train_images.reshape(data.num_train, -1))
         self._train_y = put(data.train_labels.astype(np.int32))
-        self._test_x = put(to_float32(data.test_images).reshape(data.num_test, -1))
+        self._test_x = put(data.test_images.reshape(data.num_test, -1))
         self._test_y = put(data.test_labels.astype(np.int32))
-        self._params = put(
-            Params(params.weights.astype(np.float32), params.bias.astype(np.float32))
-        )
+        self._divisor = put(np.float32(255))
+        self._params = put(to_linear(params))
         self._optimizer = optax.sgd(config.lr)
         self._opt_state = put(self._optimizer.init(self._params))
         self._epoch_jit = jax.jit(partial(epoch_fn, self._optimizer, config.batch_size))
@@ -393,7 +438,9 @@ class JaxTrainer:
         self._epochs: dict[int, Callable[..., Any]] = {}
         self._compiled: dict[str, _Compiled] = {}
         self._epoch_program(data.num_train)  # compile now: the first epoch times training only
-        self._evaluate = self._compile("evaluate", jax.jit(evaluate_fn), self._test_x, self._test_y)
+        self._evaluate = self._compile(
+            "evaluate", jax.jit(evaluate_fn), self._test_x, self._test_y, self._divisor
+        )
         jax.block_until_ready((self._train_x, self._train_y, self._test_x, self._test_y))
 
     def _compile(self, name: str, jitted: Any, *data: Any) -> Callable[..., Any]:
@@ -408,7 +455,13 @@ class JaxTrainer:
                 (length,), jnp.int32, sharding=jax.sharding.SingleDeviceSharding(self._device)
             )
             compiled = _compile(
-                self._epoch_jit, self._params, self._opt_state, self._train_x, self._train_y, order
+                self._epoch_jit,
+                self._params,
+                self._opt_state,
+                self._train_x,
+                self._train_y,
+                order,
+                self._divisor,
             )
             self._compiled[f"train_epoch[{length}]"] = compiled
             self._epochs[length] = compiled.executable
@@ -423,7 +476,12 @@ class JaxTrainer:
         program = self._epoch_program(len(order))
         order_on_device = jax.device_put(order.astype(np.int32), self._device)
         self._params, self._opt_state, loss_sums, corrects = program(
-            self._params, self._opt_state, self._train_x, self._train_y, order_on_device
+            self._params,
+            self._opt_state,
+            self._train_x,
+            self._train_y,
+            order_on_device,
+            self._divisor,
         )
         jax.block_until_ready(self._params)
         loss = float(np.asarray(loss_sums).sum(dtype=np.float64))
@@ -431,7 +489,7 @@ class JaxTrainer:
         return EpochStats(loss / len(order), correct / len(order))
 
     def evaluate(self) -> Evaluation:
-        losses, correct = self._evaluate(self._params, self._test_x, self._test_y)
+        losses, correct = self._evaluate(self._params, self._test_x, self._test_y, self._divisor)
         total = len(self._test_y)
         loss = float(np.asarray(losses).sum(dtype=np.float64))
         return Evaluation(loss / total, int(correct) / total)
@@ -442,8 +500,7 @@ class JaxTrainer:
         return np.asarray(labels).astype(np.int64)
 
     def parameters(self) -> Params:
-        weights, bias = jax.device_get(self._params)
-        return Params(np.array(weights, dtype=np.float32), np.array(bias, dtype=np.float32))
+        return to_params(self._params)
 
     def runtime_info(self) -> Mapping[str, object]:
         on_cpu = self._device.platform == "cpu"

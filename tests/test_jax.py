@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from functools import partial
 
 import numpy as np
 import pytest
@@ -34,17 +33,33 @@ def _numpy_epoch(data: FashionMNIST, config: TrainConfig, order: np.ndarray):
 def _loop_epoch(data: FashionMNIST, config: TrainConfig, order: np.ndarray):
     """A plain Python loop of jitted steps, one per minibatch: the reference for the scan."""
     optimizer = optax.sgd(config.lr)
-    step = jax.jit(partial(jax_optax.train_step, optimizer))
-    params = Params(*map(jax.numpy.asarray, init_params(config)))
+    # The divisor goes in traced, as the trainer passes it (a constant would let XLA
+    # turn x / 255 into x * (1/255), which rounds differently).
+    step = jax.jit(lambda *args, divisor: jax_optax.gather_step(optimizer, divisor, *args))
+    params = jax_optax.to_linear(init_params(config))
     opt_state = optimizer.init(params)
-    images, labels = _flat(data.train_images), data.train_labels.astype(np.int32)
+    pixels = data.train_images.reshape(data.num_train, -1)
+    labels = data.train_labels.astype(np.int32)
     loss_sums, corrects = [], []
     for index in split_batches(order, config.batch_size):
-        params, opt_state, loss, correct = step(params, opt_state, images[index], labels[index])
+        params, opt_state, loss, correct = step(
+            params, opt_state, pixels, labels, index.astype(np.int32), divisor=np.float32(255)
+        )
         loss_sums.append(float(loss))
         corrects.append(int(correct))
-    weights, bias = jax.device_get(params)
-    return Params(weights, bias), loss_sums, corrects
+    return jax_optax.to_params(params), loss_sums, corrects
+
+
+def _assert_same_steps(scanned: Params, looped: Params) -> None:
+    """The compiled epoch took the same steps as the loop: equal but for the last bit.
+
+    XLA fuses the uint8 -> float32 conversion into the dot differently inside the
+    scan than in a standalone step, so a few products round differently (seen:
+    at most 5e-8 absolute); a batch taken out of order or dropped moves the
+    weights by ~1e-3.
+    """
+    np.testing.assert_allclose(scanned.weights, looped.weights, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(scanned.bias, looped.bias, rtol=0, atol=1e-7)
 
 
 def test_protocol_and_available_devices(tiny_data, default_config):
@@ -64,11 +79,11 @@ def test_gradient_equals_handwritten_numpy(real_data, default_config):
     for point in (params, moved):
         losses, _, expected = numpy_softmax.loss_and_grads(point, images, labels)
         grad_fn = jax.grad(lambda p: jax_optax.batch_loss(p, images, labels)[0])
-        grads = grad_fn(Params(*map(jax.numpy.asarray, point)))
-        assert grads.weights.dtype == np.float32
-        np.testing.assert_allclose(grads.weights, expected.weights, rtol=1e-4, atol=1e-7)
+        grads = grad_fn(jax_optax.to_linear(point))
+        assert grads.weights_t.dtype == np.float32
+        np.testing.assert_allclose(grads.weights_t.T, expected.weights, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(grads.bias, expected.bias, rtol=1e-4, atol=1e-7)
-        _, (jax_losses, _) = jax_optax.batch_loss(point, images, labels)
+        _, (jax_losses, _) = jax_optax.batch_loss(jax_optax.to_linear(point), images, labels)
         np.testing.assert_allclose(jax_losses, losses, rtol=1e-5, atol=1e-5)
 
 
@@ -87,9 +102,8 @@ def test_one_epoch_agrees_with_numpy_and_equals_python_loop(real_data, default_c
 
     looped, loss_sums, corrects = _loop_epoch(real_data, default_config, order)
     assert len(loss_sums) == 235  # 234 full batches and the last one of 96
-    np.testing.assert_array_equal(params.weights, looped.weights)
-    np.testing.assert_array_equal(params.bias, looped.bias)
-    assert stats.loss == pytest.approx(sum(loss_sums) / len(order), rel=1e-12)
+    _assert_same_steps(params, looped)
+    assert stats.loss == pytest.approx(sum(loss_sums) / len(order), rel=1e-7)
     assert stats.accuracy == sum(corrects) / len(order)
 
 
@@ -117,7 +131,7 @@ def test_minibatches_like_numpy(tiny_data, batch_size, num_batches):
     fresh = jax_optax.make_trainer(tiny_data, init_params(config), config)
     fresh.train_epoch(order.epoch(0))
     assert len(loss_sums) == num_batches
-    np.testing.assert_array_equal(fresh.parameters().weights, looped.weights)
+    _assert_same_steps(fresh.parameters(), looped)
 
 
 def test_orders_of_other_lengths_compile_on_demand(tiny_data, default_config):
