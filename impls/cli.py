@@ -150,7 +150,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"{implementation.name}: final test accuracy {history.final.test_accuracy:.4f} after "
         f"{config.epochs} epochs; median epoch {median:.3f} s on {config.device} "
-        f"with {config.threads} threads"
+        f"with {config.threads} thread{'s' if config.threads != 1 else ''}"
     )
     count = 18
     predictions = trainer.predict(data.test_images[:count])
