@@ -908,10 +908,8 @@ def _predictions_figure(run: Run, entry: Entry, path: Path) -> str | None:
     predictions = entry.info.get("predictions")
     if not sample.get("images_uint8_base64") or not predictions:
         return "the run stored no sample images or predictions"
-    try:
-        from impls.figures import plot_predictions
-    except ImportError as error:
-        return f"impls.figures is not available ({error})"
+    from impls.figures import plot_predictions
+
     shape = tuple(sample["shape"])
     images = np.frombuffer(base64.b64decode(sample["images_uint8_base64"]), dtype=np.uint8)
     if images.size != math.prod(shape):
