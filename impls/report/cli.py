@@ -1,0 +1,94 @@
+"""``fmbench report`` / ``python -m impls.report``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from impls.report.build import build_report
+from impls.report.runs import DEFAULT_STORAGE, ReportError, find_previous, load_runs, newest_saved
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fmbench report``."""
+    parser = argparse.ArgumentParser(
+        prog="fmbench report",
+        description="Build the Markdown comparison report from benchmark JSON files "
+        "(written by 'python -m pytest benchmarks --benchmark-json=FILE' or saved by "
+        "--benchmark-autosave). Several files from several machines are merged into one "
+        "table with the machine as a column.",
+    )
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="benchmark JSON files (default: the newest run saved under --storage)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/latest"),
+        help="output directory (default: reports/latest)",
+    )
+    parser.add_argument(
+        "--previous",
+        default="auto",
+        metavar="FILE|auto|none",
+        help="run to compare with: a JSON file, 'auto' (the previous saved run of the same "
+        "machine under --storage; the default) or 'none'",
+    )
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path(DEFAULT_STORAGE),
+        help="pytest-benchmark's autosave folder (default: .benchmarks)",
+    )
+    parser.add_argument(
+        "--fail-on-failures",
+        action="store_true",
+        help="exit with status 1 (after writing the report) when a benchmark failed",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fmbench report``; returns 0, 1 (--fail-on-failures and a benchmark failed) or 2 (error)."""
+    args = _parser().parse_args(argv)
+    try:
+        files = list(args.files)
+        if not files:
+            newest = newest_saved(args.storage)
+            if newest is None:
+                raise ReportError(
+                    f"no benchmark JSON given and none saved under {args.storage}: run "
+                    "'nox -s bench' first, or pass files"
+                )
+            files = [newest]
+        runs = load_runs(files)
+        if args.previous == "none":
+            previous: list[Path] = []
+        elif args.previous == "auto":
+            found = [find_previous(run, args.storage) for run in runs]
+            previous = [run.path for run in found if run is not None]
+        else:
+            previous = [Path(args.previous)]
+        report = build_report(files, args.out, previous or None)
+    except ReportError as error:
+        print(f"fmbench report: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {report}")
+    failed = [
+        f"{test['nodeid']}: {test.get('reason', '')}"
+        for run in runs
+        for test in run.tests()
+        if test["outcome"] in ("failed", "error")
+    ]
+    if failed:
+        print(f"{len(failed)} benchmark(s) failed (listed in the report):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        if args.fail_on_failures:
+            return 1
+    return 0

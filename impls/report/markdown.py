@@ -1,0 +1,339 @@
+"""The report's Markdown text: tables, comparison with the previous run, figures, notes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, results_frame
+from impls.report.plots import _predictions_figure, plot_accuracy, plot_epoch_times
+from impls.report.runs import Run, _number, _pair_previous, _short_date
+from impls.report.tables import (
+    NOISY_IQR_FRACTION,
+    _md,
+    _num,
+    machine_table,
+    main_table,
+    noise_table,
+    settings_table,
+    sweep_table,
+)
+
+FIGURES_DIR = "figures"
+BUSY_OTHER_CPUS = 0.2  # other processes' average CPU use above this: the run was not alone
+MIN_ROUNDS = 5
+
+
+def _run_line(run: Run) -> str:
+    """One bullet naming a run: file, date, commit, machine and settings."""
+    settings = run.settings
+    epochs = settings.get("epochs")
+    parts = [
+        f"`{run.path.name}`",
+        f"{_short_date(run)} UTC",
+        f"commit `{run.commit}`",
+        f"machine **{run.label}**",
+    ]
+    if epochs:
+        parts.append(f"{epochs} epochs per implementation (1 warm-up + {epochs - 1} timed)")
+    if settings.get("threads"):
+        parts.append(f"{settings['threads']} threads")
+    return "- " + ", ".join(parts)
+
+
+def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str]]:
+    """One row per benchmark that failed, errored or was skipped, with its reason."""
+    rows: list[dict[str, str]] = []
+    seen = set()
+    for run in runs:
+        for test in run.tests():
+            outcome = test["outcome"]
+            if outcome == "passed":
+                continue
+            impl = test.get("impl") or test.get("implementation") or test.get("kind", "?")
+            reason = str(test.get("reason") or "").strip() or "(no reason given)"
+            key = (run.label, impl, test.get("device"), outcome, reason)
+            if key in seen:
+                continue  # the same reason for each of an implementation's sweep points
+            seen.add(key)
+            row = {"machine": run.label} if with_machine else {}
+            row.update(
+                implementation=impl,
+                device=str(test.get("device") or "—"),
+                status=outcome,
+                benchmark=test["nodeid"].split("::")[-1],
+                reason=reason,
+            )
+            rows.append(row)
+    return rows
+
+
+def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
+    """The *Method and caveats* section, ending with ``previous_lines``."""
+    first = runs[0]
+    settings = first.settings
+    epochs = settings.get("epochs")
+    timed = f"{epochs - 1}" if isinstance(epochs, int) else "the remaining"
+    lines = ["## Method and caveats", ""]
+    if any(run.settings.get("quick") for run in runs):
+        lines += [
+            "> **Smoke run (`--quick`)**: too few rounds to be a measurement; "
+            "use it to check the pipeline, not to compare speed.",
+            "",
+        ]
+    rounds = frame[frame["kind"] == "epoch"]["rounds"]
+    few = rounds[rounds < MIN_ROUNDS]
+    lines.append(
+        "- **Timing.** Each implementation trains in its own worker process, started fresh. "
+        f"Of its {epochs or '?'} epochs the first is warm-up (framework start-up, lazy "
+        "initialisation, compilation: reported as *first epoch*) and the other "
+        f"{timed} are the timed rounds (pytest-benchmark pedantic mode, one epoch per round, "
+        "timed from the pytest process: the request to the worker adds well under a "
+        "millisecond). The test set is evaluated between rounds, outside the timing. *Epoch* "
+        "is the median round, *IQR* the interquartile range of the rounds; *examples/s* = "
+        "training examples / median."
+        + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
+    )
+    lines.append(
+        "- **The limit** is one read of the float32 training set (60000 × 784 × 4 B = 188 MB): "
+        "`np.sum` over it, one contiguous block of rows per thread, nothing written, with the "
+        "same thread count as the implementations. Every epoch must read every training pixel "
+        "at least once, so *× limit* says how far an implementation is from that floor (one "
+        "that kept the data as uint8 could in principle go below it)."
+    )
+    lines.append(
+        "- **Time to accuracy**: cumulative training wall time, first epoch included and "
+        "evaluation excluded, until the test accuracy measured after an epoch first reaches "
+        f"the target; *not reached* within the {epochs or '?'} epochs otherwise."
+    )
+    lines.append(
+        "- **Memory**: peak resident set size (`ru_maxrss`) of the implementation's own "
+        "worker process, which runs nothing else: Python, the framework, the uint8 dataset "
+        "(55 MB) and the implementation's copies of it. Child processes (DataLoader workers, "
+        "forked from the worker and sharing most of its pages) are not added."
+    )
+    lines.append(
+        f"- **Threads**: every framework was asked for {settings.get('threads', '?')} threads "
+        "(`TrainConfig.threads`, and `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, "
+        "`OPENBLAS_NUM_THREADS`… set to the same in each worker's environment); what each "
+        "applied is in the table *What each implementation ran with*."
+    )
+    registry: dict[str, dict] = {}
+    for run in runs:
+        registry.update(run.fmbench.get("registry") or {})
+    present = {test.get("impl") for run in runs for test in run.tests()}
+    own_order = sorted(
+        name
+        for name, entry in registry.items()
+        if name in present and not entry.get("follows_shared_order", True)
+    )
+    if own_order:
+        text = (
+            f"- **Minibatch order**: {', '.join(own_order)} shuffles with its own seeded "
+            "DataLoader sampler instead of the shared `MinibatchOrder(...).epoch(e)` that "
+            "every other implementation follows, so its loss and accuracy differ slightly for "
+            "that reason alone."
+        )
+        if BASELINE in own_order:
+            text += (
+                f" {BASELINE} also converts every image on the fly (`ToTensor`) and loads "
+                "batches through DataLoader worker processes, as the book does: that is the "
+                "cost it exists to show."
+            )
+        lines.append(text)
+    if not frame[frame["kind"].isin(["batch", "threads"])].empty:
+        sweep_rounds = settings.get("sweep_rounds", "?")
+        lines.append(
+            f"- **Sweep points**: one warm-up epoch, then {sweep_rounds} timed round(s), no "
+            "evaluation in between. Each thread count runs in a fresh worker process, so "
+            "settings a framework fixes at start-up (XLA's thread pools) are honoured."
+        )
+        excluded = first.fmbench.get("sweep_excluded") or {}
+        excluded = {name: why for name, why in excluded.items() if name in present}
+        if excluded:
+            reasons = "; ".join(f"{name}: {why}" for name, why in excluded.items())
+            lines.append(f"- **Left out of the sweeps**: {reasons}.")
+    busy = []
+    for run in runs:
+        other = run.extra_machine.get("other_cpu_use") or {}
+        cpus = run.extra_machine.get("logical_cpus")
+        if _number(other.get("other_cpus")) and other["other_cpus"] > BUSY_OTHER_CPUS:
+            busy.append(
+                f"{run.label}: other processes kept {other['other_cpus']:.2f} of "
+                f"{cpus or '?'} CPUs busy on average"
+            )
+    noisy = frame[
+        frame["kind"].isin(["epoch", "limit"])
+        & (frame["iqr_s"] > NOISY_IQR_FRACTION * frame["median_s"])
+    ]
+    noise_line = (
+        f"- **Noise**: rows whose IQR exceeds {int(100 * NOISY_IQR_FRACTION)} % of the median "
+        "are marked *noisy* in the Noise table"
+    )
+    if len(noisy):
+        noise_line += f" (here: {', '.join(sorted(set(noisy['implementation'])))})"
+    if busy:
+        noise_line += (
+            ". Other work was competing for the CPUs during the run ("
+            + "; ".join(busy)
+            + "): treat the timings as indicative"
+        )
+    lines.append(noise_line + ".")
+    lines += previous_lines
+    return lines
+
+
+def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> str:
+    """Write the figures into ``figures`` and return the Markdown text."""
+    frame = results_frame(runs, previous)
+    multi = len(runs) > 1
+    pairs = _pair_previous(runs, previous)
+    with_delta = bool(pairs)
+    targets = {e.info.get("target_accuracy") for run in runs for e in run.of_kind("epoch")} or {
+        run.settings.get("target_accuracy") for run in runs
+    }
+    target = next(iter(targets)) if len(targets) == 1 else None
+
+    lines = ["# fmbench: softmax regression on Fashion-MNIST, side by side", ""]
+    lines.append(
+        f"Report generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
+        f"{len(runs)} run{'s' if multi else ''}:"
+    )
+    lines += [_run_line(run) for run in runs]
+    lines.append("")
+
+    lines += ["## Epoch time and accuracy", ""]
+    if frame[frame["kind"] == "epoch"].empty:
+        lines += ["No implementation was measured (see below).", ""]
+    else:
+        table = main_table(frame, with_machine=multi, with_delta=with_delta, target=target)
+        lines += [_md(table), ""]
+        limit_rows = frame[frame["kind"] == "limit"]
+        for _, row in limit_rows.iterrows():
+            run = runs[int(row["run"])]
+            limit = run.limit
+            speed = (
+                limit.info.get("gigabytes_per_second") or limit.info["bytes"] / limit.median / 1e9
+            )
+            lines.append(
+                f"Limit{f' ({row.machine})' if multi else ''}: reading the float32 training set "
+                f"once takes {_num(1000 * row['median_s'])} ms ({_num(speed)} GB/s, "
+                f"{limit.info['threads']} thread{'s' if limit.info['threads'] != 1 else ''})."
+            )
+        lines.append("")
+        lines.append(
+            "Epoch: median seconds per training epoch (IQR in brackets). Speed-up: "
+            f"{BASELINE}'s median / this median, same machine and device. × limit: this "
+            "median / the time to read the float32 training set once."
+        )
+        lines.append("")
+
+    failed = _not_measured(runs, multi)
+    if failed:
+        import pandas as pd
+
+        lines += ["### Not measured", "", _md(pd.DataFrame(failed)), ""]
+
+    previous_lines: list[str] = []
+    if pairs:
+        lines += ["### Compared with the previous run", ""]
+        for index, (before, same_machine) in sorted(pairs.items()):
+            lines.append(
+                f"- {runs[index].label}: previous run `{before.path}` ({_short_date(before)} UTC, "
+                f"commit `{before.commit}`)"
+                + ("" if same_machine else " — **from another machine**: deltas mix hardware")
+            )
+        flagged = frame[frame["verdict"].isin(["regression", "improvement"])]
+        lines.append("")
+        if flagged.empty:
+            lines.append("No change beyond the noise rule.")
+        else:
+            for _, row in flagged.sort_values("delta_pct", ascending=False).iterrows():
+                what = "slower" if row["verdict"] == "regression" else "faster"
+                point = f"{row['group']}: {row['implementation']} {row['device']}"
+                if row["kind"] == "batch":
+                    point += f", batch {int(row['batch_size'])}"
+                elif row["kind"] == "threads":
+                    threads = int(row["threads"])
+                    point += f", {threads} thread{'s' if threads != 1 else ''}"
+                lines.append(
+                    f"- {'**regression**' if what == 'slower' else 'improvement'} — {point}: "
+                    f"{_num(row['previous_median_s'])} s → {_num(row['median_s'])} s "
+                    f"({row['delta_pct']:+.1f} %, {what} by more than the noise "
+                    f"{_num(row['noise_s'], 2)} s)"
+                )
+        lines.append("")
+        previous_lines.append(
+            "- **Δ vs previous**: change of the median epoch time from the previous saved run "
+            "of the same machine. Beyond the noise (▲ slower / ▼ faster) means it moved by more "
+            f"than the larger of both runs' IQRs and more than {int(100 * RELATIVE_NOISE_FLOOR)} % "
+            "of the previous median; otherwise *(noise)*. Runs differ by more than their own "
+            "IQRs suggest (other load, clock, memory placement): re-run to confirm a flagged "
+            "change."
+        )
+    elif previous:
+        lines += ["*No previous run of the same machine to compare with.*", ""]
+
+    lines += ["## Figures", ""]
+    figure_lines = _figures(runs, frame, figures, multi=multi, target=target)
+    lines += figure_lines
+
+    for kind, title in (("batch", "Sweep: batch size"), ("threads", "Sweep: threads")):
+        table = sweep_table(frame, kind, with_machine=multi)
+        if table is None:
+            continue
+        lines += [f"## {title}", ""]
+        lines.append(
+            "Median seconds per epoch (IQR in brackets) · training examples per second."
+            + (
+                f" At {runs[0].settings.get('threads', '?')} threads."
+                if kind == "batch"
+                else f" At batch size {runs[0].settings.get('batch_size', 256)}."
+            )
+        )
+        lines += ["", _md(table), ""]
+
+    settings = settings_table(runs, with_machine=multi)
+    if settings is not None:
+        lines += ["## What each implementation ran with", "", _md(settings), ""]
+
+    lines += ["## Noise", "", _md(noise_table(frame, with_machine=multi)), ""]
+    lines += ["## Machine", "", _md(machine_table(runs)), ""]
+    lines += _notes(runs, frame, previous_lines)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _figures(runs: Sequence[Run], frame, figures: Path, *, multi: bool, target) -> list[str]:
+    """Draw the figures into ``figures``; return the Markdown lines that show them."""
+    lines: list[str] = []
+    rel = FIGURES_DIR
+    if not frame[frame["kind"].isin(["epoch", "limit"])].empty:
+        plot_epoch_times(frame, figures / "epoch_time.png", multi=multi)
+        lines += [f"![Epoch time per implementation]({rel}/epoch_time.png)", ""]
+    if any(run.of_kind("epoch") for run in runs):
+        plot_accuracy(runs, figures / "accuracy_by_epoch.png", by="epoch", target=target)
+        plot_accuracy(runs, figures / "accuracy_by_time.png", by="time", target=target)
+        lines += [
+            f"![Test accuracy per epoch]({rel}/accuracy_by_epoch.png)",
+            f"![Test accuracy against training time]({rel}/accuracy_by_time.png)",
+            "",
+        ]
+        fastest = min(
+            ((run, e) for run in runs for e in run.of_kind("epoch")),
+            key=lambda pair: pair[1].median,
+        )
+        why_not = _predictions_figure(*fastest, figures / "predictions.png")
+        name = fastest[1].implementation
+        if why_not is None:
+            lines += [
+                f"Predictions of the fastest implementation ({name}) on the first test images "
+                "(true / predicted; wrong in red):",
+                "",
+                f"![Predictions of {name}]({rel}/predictions.png)",
+                "",
+            ]
+        else:
+            lines += [f"*No predictions grid: {why_not}.*", ""]
+    return lines

@@ -1,0 +1,179 @@
+"""The report's figures (matplotlib, Agg backend), each saved as a PNG.
+
+matplotlib is imported inside the functions; the predictions grid is drawn by
+:func:`impls.figures.plot_predictions`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from impls.report.frame import BASELINE
+from impls.report.runs import Entry, Run
+from impls.report.tables import _num
+
+
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _impl_label(impl: str, device: str | None) -> str:
+    """The implementation's name, with its device when that is not the CPU."""
+    return impl if device in (None, "cpu") else f"{impl} ({device})"
+
+
+def _joined_label(members: list[tuple[str, str]], multi: bool) -> str:
+    """'a = b' for identical curves; with several machines, grouped per machine; wrapped."""
+    import textwrap
+
+    by_machine: dict[str, list[str]] = {}
+    for name, machine in members:
+        by_machine.setdefault(machine, []).append(name)
+    parts = [
+        " = ".join(names) + (f" ({machine})" if multi else "")
+        for machine, names in by_machine.items()
+    ]
+    return textwrap.fill("; ".join(parts), width=60)
+
+
+def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
+    """Horizontal log-scale bars of the median epoch time, IQR as error bars."""
+    plt = _pyplot()
+    rows = frame[frame["kind"].isin(["epoch", "limit"])].sort_values(["median_s"], ascending=False)
+    labels = []
+    for _, row in rows.iterrows():
+        name = "limit (read once)" if row["kind"] == "limit" else row["implementation"]
+        if row["device"] not in (None, "cpu"):
+            name += f" ({row['device']})"
+        labels.append(f"{name} — {row['machine']}" if multi else name)
+    medians = rows["median_s"].to_numpy(dtype=float)
+    lower = medians - rows["q1_s"].to_numpy(dtype=float)
+    upper = rows["q3_s"].to_numpy(dtype=float) - medians
+    colors = ["#999999" if kind == "limit" else "#4472c4" for kind in rows["kind"]]
+    colors = [
+        "#c0504d" if impl == BASELINE else color
+        for impl, color in zip(rows["implementation"], colors, strict=True)
+    ]
+    width = 10.5 if multi else 7.5  # room for the machine in each label
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(rows) + 1.4), layout="constrained")
+    positions = range(len(rows))
+    ax.barh(positions, medians, xerr=[lower.clip(0), upper.clip(0)], color=colors, capsize=3)
+    ax.set_yticks(list(positions), labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per epoch (median; whiskers: interquartile range; log scale)")
+    for position, median, q3 in zip(positions, medians, rows["q3_s"], strict=True):
+        ax.annotate(
+            f"{_num(median)} s",
+            (max(median, q3), position),
+            va="center",
+            fontsize=8,
+            xytext=(4, 0),
+            textcoords="offset points",
+        )
+    ax.set_xlim(right=max(rows["q3_s"].max(), medians.max()) * 4)
+    _plain_log_ticks(ax.xaxis)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.set_title("Steady-state epoch time (epoch 1 excluded)")
+    return _save(fig, plt, path)
+
+
+def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | None) -> Path:
+    """Test accuracy after each epoch against the epoch number or cumulative training time."""
+    plt = _pyplot()
+    multi = len(runs) > 1
+    fig, ax = plt.subplots(figsize=(10, 4.6) if multi else (7, 4.2), layout="constrained")
+    series: dict[tuple, list[tuple[str, str]]] = {}  # identical curves: drawn once, labels joined
+    styles: dict[tuple, str] = {}
+    for run in runs:
+        for entry in run.of_kind("epoch"):
+            history = entry.info["history"]
+            accuracy = tuple(record["test_accuracy"] for record in history)
+            if by == "epoch":
+                x: tuple = tuple(record["epoch"] for record in history)
+            else:
+                x, total = (), 0.0
+                for record in history:
+                    total += record["train_seconds"]
+                    x += (total,)
+            name = _impl_label(entry.implementation, entry.info["device"])
+            series.setdefault((x, accuracy), []).append((name, run.label))
+            styles.setdefault((x, accuracy), "--" if entry.implementation == BASELINE else "-")
+    for (x, accuracy), members in series.items():
+        label = _joined_label(members, multi)
+        ax.plot(x, accuracy, styles[(x, accuracy)], marker="o", markersize=3, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            f"target {target:g}",
+            (0.01, target),
+            xycoords=("axes fraction", "data"),
+            va="bottom",
+            fontsize=8,
+            color="grey",
+        )
+    if by == "epoch":
+        ax.set_xlabel("epoch")
+        ax.set_title("Test accuracy after each epoch")
+    else:
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
+        ax.set_xlabel("cumulative training wall time [s] (evaluation excluded; log scale)")
+        ax.set_title("Test accuracy against training time")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, alpha=0.3)
+    if multi:  # long labels: beside the plot, not over it
+        fig.legend(loc="outside right upper", fontsize=7)
+    else:
+        ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 × 10^k, labelled as plain numbers, on a log-scaled axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _save(fig, plt, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _predictions_figure(run: Run, entry: Entry, path: Path) -> str | None:
+    """Draw the fastest implementation's predictions grid; return why not, or None."""
+    import numpy as np
+
+    sample = run.fmbench.get("sample") or {}
+    predictions = entry.info.get("predictions")
+    if not sample.get("images_uint8_base64") or not predictions:
+        return "the run stored no sample images or predictions"
+    from impls.figures import plot_predictions
+
+    shape = tuple(sample["shape"])
+    images = np.frombuffer(base64.b64decode(sample["images_uint8_base64"]), dtype=np.uint8)
+    if images.size != math.prod(shape):
+        return "the stored sample images are damaged"
+    count = min(len(predictions), shape[0], len(sample["labels"]))
+    plot_predictions(
+        images.reshape(shape)[:count],
+        np.asarray(sample["labels"][:count]),
+        np.asarray(predictions[:count]),
+        path,
+        count=count,
+    )
+    return None

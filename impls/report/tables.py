@@ -1,0 +1,279 @@
+"""The report's tables, each built from the results frame or the runs as a DataFrame.
+
+pandas (and tabulate, for :func:`_md`) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from impls.report.frame import BASELINE
+from impls.report.runs import Run, _number, _short_date
+
+NOISY_IQR_FRACTION = 0.10  # IQR/median above this: the row is marked noisy
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, never in exponent notation."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    value = float(value)
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def _present(value: Any) -> bool:
+    """Whether ``value`` is neither None nor NaN."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _delta_text(row) -> str:
+    """The *Δ vs previous* cell of a results row."""
+    if not _present(row.get("verdict")):
+        return "—"
+    text = f"{row['delta_pct']:+.1f} %"
+    if row["verdict"] == "regression":
+        return f"**{text} ▲ slower**"
+    if row["verdict"] == "improvement":
+        return f"{text} ▼ faster"
+    return f"{text} (noise)"
+
+
+def _md(frame) -> str:
+    """``frame`` as a Markdown table, cells left as they are."""
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | None):
+    """The headline table: one row per implementation (and device, machine) plus the limit."""
+    import pandas as pd
+
+    rows = frame[frame["kind"].isin(["epoch", "limit"])].copy()
+    rows["_limit"] = rows["kind"] == "limit"
+    rows = rows.sort_values(["run", "_limit", "median_s"])
+    target_text = _num(target, 2) if target is not None else "target"
+    table = []
+    for _, row in rows.iterrows():
+        is_limit = row["kind"] == "limit"
+        record: dict[str, str] = {}
+        if with_machine:
+            record["machine"] = row["machine"]
+        record["implementation"] = (
+            "*limit: read float32 train set once*" if is_limit else row["implementation"]
+        )
+        record["device"] = row["device"] or "—"
+        record["epoch [s] median (IQR)"] = f"{_num(row['median_s'])} ({_num(row['iqr_s'], 2)})"
+        record["examples/s"] = (
+            "—"
+            if is_limit or not _present(row["examples_per_s"])
+            else f"{row['examples_per_s']:,.0f}"
+        )
+        speedup = row["speedup_vs_baseline"]
+        record[f"speed-up vs {BASELINE}"] = (
+            "—"
+            if not _present(speedup)
+            else f"{_num(speedup)}×" + (" (baseline)" if row["implementation"] == BASELINE else "")
+        )
+        record["× limit"] = (
+            "—" if not _present(row["limit_multiple"]) else f"{_num(row['limit_multiple'])}×"
+        )
+        record["first epoch [s]"] = "—" if is_limit else _num(row["first_epoch_s"])
+        record["test accuracy"] = "—" if is_limit else f"{row['final_test_accuracy']:.4f}"
+        tta = row["time_to_accuracy_s"]
+        record[f"time to {target_text} [s]"] = (
+            "—" if is_limit else (_num(tta) if _present(tta) else "not reached")
+        )
+        record["peak RSS [MiB]"] = "—" if is_limit else _num(row["peak_rss_mib"], 3)
+        if with_delta:
+            record["Δ vs previous"] = _delta_text(row)
+        table.append(record)
+    return pd.DataFrame(table)
+
+
+def sweep_table(frame, kind: str, *, with_machine: bool):
+    """One row per implementation, one column per sweep value: 'median (IQR) · examples/s'."""
+    import pandas as pd
+
+    rows = frame[frame["kind"] == kind]
+    if rows.empty:
+        return None
+    axis = "batch_size" if kind == "batch" else "threads"
+    values = sorted({int(v) for v in rows[axis]})
+    index_cols = (["machine"] if with_machine else []) + ["implementation", "device"]
+    table = []
+    for keys, group in rows.groupby(["run", "implementation", "device"], sort=False):
+        record = {"machine": group["machine"].iloc[0]} if with_machine else {}
+        record.update(implementation=keys[1], device=keys[2])
+        medians = {}
+        for value in values:
+            cell = group[group[axis] == value]
+            label = (
+                f"batch {value}" if kind == "batch" else f"{value} thread{'s' if value > 1 else ''}"
+            )
+            if cell.empty:
+                record[label] = "—"
+                continue
+            point = cell.iloc[0]
+            medians[value] = point["median_s"]
+            record[label] = (
+                f"{_num(point['median_s'])} s ({_num(point['iqr_s'], 2)}) · "
+                f"{point['examples_per_s']:,.0f}/s"
+            )
+        if kind == "threads" and len(medians) >= 2:
+            low, high = min(medians), max(medians)
+            record[f"speed-up {low}→{high} threads"] = f"{_num(medians[low] / medians[high])}×"
+        table.append(record)
+    result = pd.DataFrame(table)
+    order = index_cols + [c for c in result.columns if c not in index_cols]
+    return result[order]
+
+
+def noise_table(frame, *, with_machine: bool):
+    """Rounds and spread of every main-table row."""
+    import pandas as pd
+
+    rows = frame[frame["kind"].isin(["epoch", "limit"])].sort_values(["run", "median_s"])
+    table = []
+    for _, row in rows.iterrows():
+        spread = row["iqr_s"] / row["median_s"]
+        record = {"machine": row["machine"]} if with_machine else {}
+        record.update(
+            {
+                "benchmark": row["implementation"],
+                "rounds": int(row["rounds"]),
+                "IQR / median": f"{100 * spread:.1f} %"
+                + (" (noisy)" if spread > NOISY_IQR_FRACTION else ""),
+                "min [s]": _num(row["min_s"]),
+                "max [s]": _num(row["max_s"]),
+                "max / min": f"{_num(row['max_s'] / row['min_s'])}×",
+            }
+        )
+        table.append(record)
+    return pd.DataFrame(table)
+
+
+# ------------------------------------------------------------------ machines
+
+
+def _gib(value: Any) -> str:
+    """Bytes as 'N.N GiB', or '—'."""
+    return f"{value / 2**30:.1f} GiB" if _number(value) else "—"
+
+
+def machine_table(runs: Sequence[Run]):
+    """Key facts of each run's machine, one column per run."""
+    import pandas as pd
+
+    columns = {}
+    for run in runs:
+        extra = run.extra_machine
+        versions = extra.get("versions") or {}
+        blas = ", ".join(
+            f"{b.get('internal_api')} {b.get('version')} "
+            f"({b.get('architecture') or '?'}, {b.get('num_threads') or '?'} threads)"
+            for b in extra.get("numpy_blas") or []
+        )
+        cpus = f"{extra.get('logical_cpus', '—')} ({extra.get('physical_cores') or '—'})"
+        torch = f"{versions.get('torch') or '—'} / {versions.get('torchvision') or '—'}"
+        load = extra.get("load_average") or {}
+        frameworks = extra.get("frameworks") or {}
+        devices = sorted(
+            {str(f.get("device_name")) for f in frameworks.values() if f.get("device_name")}
+        )
+        columns[run.label] = {
+            "run": f"{_short_date(run)} UTC, commit {run.commit}",
+            "CPU": extra.get("cpu_model") or "—",
+            "logical CPUs (physical cores)": cpus,
+            "memory": _gib(extra.get("memory_bytes")),
+            "OS": extra.get("os") or run.machine_info.get("system") or "—",
+            "Python": extra.get("python") or run.machine_info.get("python_version") or "—",
+            "numpy (BLAS)": f"{versions.get('numpy') or '—'} ({blas or 'BLAS unknown'})",
+            "torch / torchvision": torch,
+            "jax / jaxlib / optax": " / ".join(
+                str(versions.get(name) or "—") for name in ("jax", "jaxlib", "optax")
+            ),
+            "threads requested": str(extra.get("threads", "—")),
+            "devices used": ", ".join(devices) or "—",
+            "load average (1 min) start → end": _load_text(load),
+            "other processes' CPU use during the run": _other_text(extra.get("other_cpu_use")),
+        }
+    frame = pd.DataFrame(columns)
+    frame.insert(0, "", frame.index)
+    return frame
+
+
+def _other_text(other: dict | None) -> str:
+    """Other processes' average CPU use during the run, or '—'."""
+    if not other or not _number(other.get("other_cpus")):
+        return "—"
+    return f"{other['other_cpus']:.2f} CPUs on average over {other['wall_seconds']:.0f} s"
+
+
+def _load_text(load: dict) -> str:
+    """The 1-minute load average at the start and end of the run, or '—'."""
+    start, end = load.get("start"), load.get("end")
+    if not start or not end:
+        return "—"
+    return f"{start[0]} → {end[0]}"
+
+
+def settings_table(runs: Sequence[Run], *, with_machine: bool):
+    """What each implementation actually ran with (from its ``runtime_info``)."""
+    import pandas as pd
+
+    registry = {}
+    table = []
+    for run in runs:
+        registry.update(run.fmbench.get("registry") or {})
+        for entry in run.of_kind("epoch"):
+            runtime = entry.info.get("runtime") or {}
+            shared = (registry.get(entry.implementation) or {}).get("follows_shared_order", True)
+            record = {"machine": run.label} if with_machine else {}
+            record.update(
+                {
+                    "implementation": entry.implementation,
+                    "device": str(
+                        runtime.get("device_name") or runtime.get("device") or entry.info["device"]
+                    ),
+                    "threads applied": str(runtime.get("threads", "—")),
+                    "minibatch order": "shared MinibatchOrder"
+                    if shared
+                    else "own DataLoader shuffle",
+                    "build [s]": _num(entry.info.get("build_seconds")),
+                    "other settings": _runtime_text(runtime),
+                }
+            )
+            table.append(record)
+    return pd.DataFrame(table) if table else None
+
+
+# Shown elsewhere (columns, the machine table) or bookkeeping that says nothing about speed.
+_RUNTIME_SKIP = {
+    "device", "device_name", "threads", "platform", "torch", "torchvision", "jax", "jaxlib",
+    "optax", "x64_enabled", "xla_flags",
+}  # fmt: skip
+
+
+def _runtime_text(runtime: dict) -> str:
+    """The runtime settings not shown elsewhere, as 'key=value; ...'."""
+    parts = []
+    for key, value in runtime.items():
+        if key in _RUNTIME_SKIP or isinstance(value, (dict, list)) or value in (None, ""):
+            continue
+        if key.startswith("compilation_cache") and key != "compilation_cache_warm":
+            continue
+        text = str(value)
+        if "/" in text and len(text) > 30:  # paths: not useful in a comparison
+            continue
+        parts.append(f"{key}={text}")
+    return "; ".join(parts) or "—"
