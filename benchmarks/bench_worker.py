@@ -29,7 +29,6 @@ import traceback
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impl", required=True)
-    parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--data-dir", default=None)
     return parser.parse_args(argv)
 
@@ -116,7 +115,6 @@ class Server:
         from impls.data import load_fashion_mnist
 
         self.impl = args.impl
-        self.threads = args.threads
         start = time.perf_counter()
         self.data = load_fashion_mnist(args.data_dir, download=False)
         self.load_seconds = time.perf_counter() - start

@@ -133,7 +133,7 @@ class Worker:
         env = dict(os.environ, **thread_env(threads))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, str(WORKER_SCRIPT), "--impl", impl, "--threads", str(threads)]
+        command = [sys.executable, str(WORKER_SCRIPT), "--impl", impl]
         if data_dir:
             command += ["--data-dir", str(data_dir)]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
@@ -229,9 +229,7 @@ def missing_reason(impl: str) -> str | None:
     entry = registry.get(impl)
     missing = entry.missing()
     if missing:
-        return (
-            f"framework missing: needs {', '.join(missing)} (pip install 'fmbench[{entry.extra}]')"
-        )
+        return f"framework missing: needs {', '.join(missing)} ({entry.install_command})"
     if importlib.util.find_spec(entry.module) is None:
         return f"implementation missing: module {entry.module} does not exist"
     return None

@@ -174,7 +174,7 @@ def run_list(_: argparse.Namespace) -> int:
             status = f"installed   devices: {devices}"
         else:
             missing = ", ".join(impl.missing())
-            status = f"missing {missing} (pip install 'fmbench[{impl.extra}]')"
+            status = f"missing {missing} ({impl.install_command})"
         print(f"{impl.name:14s} {status}\n{'':14s} {impl.summary}")
     return 0
 

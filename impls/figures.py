@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from impls.training import History
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or a clear install hint."""
     try:
         import matplotlib
     except ImportError as error:
         raise ImportError(
-            "figures need matplotlib, which is not installed: pip install 'fmbench[cli]'"
+            "figures need matplotlib, which is not installed: pip install 'fmbench[cli]' "
+            "(or 'fmbench[bench]' for reports)"
         ) from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -33,7 +35,7 @@ def _pyplot():
 
 def plot_training_curves(history: History, path: str | Path) -> Path:
     """Train loss, train accuracy and test accuracy against epoch, like the seed's ``Animator``."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = history.column("epoch")
     fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
     ax.plot(epochs, history.column("train_loss"), "-", label="train loss")
@@ -47,7 +49,7 @@ def plot_training_curves(history: History, path: str | Path) -> Path:
     ax.set_title(
         f"{history.implementation or 'training'}: final test acc {history.final.test_accuracy:.3f}"
     )
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(
@@ -59,7 +61,7 @@ def plot_predictions(
     columns: int = 6,
 ) -> Path:
     """The first ``count`` images titled "true / predicted", wrong ones in red (``predict_ch3``)."""
-    plt = _pyplot()
+    plt = pyplot()
     count = min(count, len(images))
     rows = -(-count // columns)
     fig, axes = plt.subplots(
@@ -73,12 +75,13 @@ def plot_predictions(
     for ax in axes:
         ax.axis("off")
     fig.suptitle("true class / predicted class", fontsize=9)
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (creating folders) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

@@ -44,6 +44,11 @@ class Implementation:
         """The required top-level modules that cannot be found (without importing them)."""
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
+    @property
+    def install_command(self) -> str:
+        """The pip command that installs what this implementation needs."""
+        return f"pip install 'fmbench[{self.extra}]'"
+
     def is_installed(self) -> bool:
         return not self.missing()
 
@@ -53,7 +58,7 @@ class Implementation:
         if missing:
             raise MissingFrameworkError(
                 f"implementation {self.name!r} needs {', '.join(missing)}, which is not "
-                f"installed: pip install 'fmbench[{self.extra}]'"
+                f"installed: {self.install_command}"
             )
         return importlib.import_module(self.module)
 

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, Agg backend), each saved as a PNG.
 
-matplotlib is imported inside the functions; the predictions grid is drawn by
-:func:`impls.figures.plot_predictions`.
+matplotlib is imported inside the functions (through :func:`impls.figures.pyplot`);
+the predictions grid is drawn by :func:`impls.figures.plot_predictions`.
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from impls.figures import plot_predictions, pyplot, save_figure
 from impls.report.frame import BASELINE
 from impls.report.runs import Entry, Run
 from impls.report.tables import _num
-
-
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _impl_label(impl: str, device: str | None) -> str:
@@ -47,7 +38,7 @@ def _joined_label(members: list[tuple[str, str]], multi: bool) -> str:
 
 def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
     """Horizontal log-scale bars of the median epoch time, IQR as error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = frame[frame["kind"].isin(["epoch", "limit"])].sort_values(["median_s"], ascending=False)
     labels = []
     for _, row in rows.iterrows():
@@ -83,12 +74,12 @@ def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
     _plain_log_ticks(ax.xaxis)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.set_title("Steady-state epoch time (epoch 1 excluded)")
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | None) -> Path:
     """Test accuracy after each epoch against the epoch number or cumulative training time."""
-    plt = _pyplot()
+    plt = pyplot()
     multi = len(runs) > 1
     fig, ax = plt.subplots(figsize=(10, 4.6) if multi else (7, 4.2), layout="constrained")
     series: dict[tuple, list[tuple[str, str]]] = {}  # identical curves: drawn once, labels joined
@@ -134,7 +125,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | N
         fig.legend(loc="outside right upper", fontsize=7)
     else:
         ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def _plain_log_ticks(axis) -> None:
@@ -146,14 +137,6 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _save(fig, plt, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _predictions_figure(run: Run, entry: Entry, path: Path) -> str | None:
     """Draw the fastest implementation's predictions grid; return why not, or None."""
     import numpy as np
@@ -162,8 +145,6 @@ def _predictions_figure(run: Run, entry: Entry, path: Path) -> str | None:
     predictions = entry.info.get("predictions")
     if not sample.get("images_uint8_base64") or not predictions:
         return "the run stored no sample images or predictions"
-    from impls.figures import plot_predictions
-
     shape = tuple(sample["shape"])
     images = np.frombuffer(base64.b64decode(sample["images_uint8_base64"]), dtype=np.uint8)
     if images.size != math.prod(shape):
