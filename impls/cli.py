@@ -209,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_report(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a broken pipe shows up here, not at exit
+        return status
     except (UsageError, registry.UnknownImplementationError) as error:
         print(f"fmbench: error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -219,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (fmbench list | head): not an error. Point stdout at
+        # devnull so the interpreter's final flush does not raise again (Python docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

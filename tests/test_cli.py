@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -106,3 +107,15 @@ def test_report_subcommand_passes_its_arguments_through(tmp_path, capsys):
         main(["report", "--help"])
     assert exit_info.value.code == 0
     assert "--previous" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_output_piped_into_a_closed_reader_is_not_an_error(unbuffered):
+    # "fmbench list | head -1": head exits early and the pipe breaks under fmbench.
+    result = subprocess.run(
+        f"'{sys.executable}' -m impls.cli list | head -1",
+        shell=True, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
+    )  # fmt: skip
+    assert result.stdout.startswith("numpy")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
