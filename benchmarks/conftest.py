@@ -45,6 +45,7 @@ DEFAULT_EPOCHS = 10
 QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 5
 DEFAULT_LIMIT_ROUNDS = 30
+DEFAULT_STARTUP_ROUNDS = 5
 DEFAULT_TARGET_ACCURACY = 0.82
 
 
@@ -126,6 +127,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add("--no-sweeps", action="store_true", help="skip both sweeps")
     add(
+        "--no-startup",
+        action="store_true",
+        help="skip the start-up measurements (dataset load, cold `fmbench train`, compile cache)",
+    )
+    add(
+        "--startup-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"rounds of each start-up measurement, each in a fresh process where it starts "
+        f"one (default {DEFAULT_STARTUP_ROUNDS})",
+    )
+    add(
         "--sweep-slow",
         action="store_true",
         help=f"also sweep the slow implementations ({', '.join(harness.SWEEP_EXCLUDED)})",
@@ -161,6 +175,11 @@ def _settings(config: pytest.Config) -> harness.Settings:
     if epochs < 2:
         raise pytest.UsageError("--epochs must be at least 2 (one warm-up epoch, one timed)")
     sweep_rounds = option("sweep_rounds") or (1 if quick else DEFAULT_SWEEP_ROUNDS)
+    startup_rounds = option("startup_rounds")
+    if startup_rounds is None:
+        startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
+    elif startup_rounds < 1:
+        raise pytest.UsageError(f"--startup-rounds must be positive, got {startup_rounds}")
     target = option("target_accuracy")
     if not 0 < target <= 1:
         raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
@@ -179,11 +198,14 @@ def _settings(config: pytest.Config) -> harness.Settings:
         sweep_slow=option("sweep_slow"),
         data_dir=option("data_dir"),
         worker_timeout=option("worker_timeout"),
+        startup=not option("no_startup"),
+        startup_rounds=startup_rounds,
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sweep: a batch-size or thread sweep point (benchmarks/)")
+    config.addinivalue_line("markers", "startup: a start-up measurement (benchmarks/)")
     if not config.pluginmanager.hasplugin("benchmark"):
         raise pytest.UsageError("benchmarks/ needs pytest-benchmark: pip install 'fmbench[bench]'")
     settings = _settings(config)
@@ -264,8 +286,34 @@ def _cases(settings: harness.Settings, kind: str) -> list[harness.Case]:
     return cases
 
 
+def _startup_cases(settings: harness.Settings, name: str) -> list[harness.StartupCase]:
+    """The start-up measurements called ``name`` (``load`` or ``cli`` or ``compile``)."""
+    if name == "load":
+        return [harness.StartupCase("load-cache", "data", "cpu", settings.threads)]
+    if name == "cli":
+        return [
+            harness.StartupCase("cli-train", impl, "cpu", settings.threads)
+            for impl in settings.impls
+            if impl in harness.CLI_STARTUP_IMPLS and "cpu" in settings.devices
+        ]
+    return [
+        harness.StartupCase(f"compile-{cache}", impl, device, settings.threads)
+        for impl in settings.impls
+        if impl in harness.COMPILE_CACHE_ENV
+        for device in settings.devices
+        for cache in ("cold", "warm")
+    ]
+
+
+STARTUP_FIXTURES = {"load_case": "load", "cli_case": "cli", "compile_case": "compile"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash[SETTINGS_KEY]
+    for fixture, name in STARTUP_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            startup_cases = _startup_cases(settings, name)
+            metafunc.parametrize(fixture, startup_cases, ids=[case.id for case in startup_cases])
     for fixture, kind in (
         ("epoch_case", "epoch"),
         ("batch_case", "batch"),
@@ -278,13 +326,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop sweeps when asked; order the rest so each worker's cases run in a row."""
+    """Drop sweeps and start-up measurements when asked; order the rest so each worker's
+    cases run in a row, and the start-up measurements last."""
     settings = config.stash[SETTINGS_KEY]
-    if not settings.sweeps:
-        kept = [item for item in items if item.get_closest_marker("sweep") is None]
-        if len(kept) != len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
-            items[:] = kept
+    dropped = [] if settings.sweeps else ["sweep"]
+    dropped += [] if settings.startup else ["startup"]
+    kept = [
+        item
+        for item in items
+        if not any(item.get_closest_marker(m) for m in dropped) and not _has_no_case(item)
+    ]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
     impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
     kind_rank = {"epoch": 0, "batch": 1, "threads": 2}
 
@@ -292,6 +346,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         case = _item_case(item)
         if case is None:  # the read-once limit first, on a quiet machine
             return (0,)
+        if isinstance(case, harness.StartupCase):  # after the epochs: they start processes
+            return (2, case.impl, case.device, case.name)
         # The default thread count first, so that worker is reused by the sweeps.
         return (
             1,
@@ -318,14 +374,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         )
 
 
-def _item_case(item: pytest.Item) -> harness.Case | None:
+CASE_FIXTURES = ("epoch_case", "batch_case", "threads_case", *STARTUP_FIXTURES)
+
+
+def _item_case(item: pytest.Item) -> harness.Case | harness.StartupCase | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
-    for name in ("epoch_case", "batch_case", "threads_case"):
+    for name in CASE_FIXTURES:
         if name in callspec.params:
             return callspec.params[name]
     return None
+
+
+def _has_no_case(item: pytest.Item) -> bool:
+    """Whether ``item`` is pytest's placeholder for an empty case list (nothing to measure)."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return any(
+        name in params and not isinstance(params[name], harness.Case | harness.StartupCase)
+        for name in CASE_FIXTURES
+    )
 
 
 def _reason(report: pytest.TestReport) -> str:

@@ -49,7 +49,14 @@ SWEEP_EXCLUDED = {
 GROUP_EPOCH = "epoch"
 GROUP_BATCH = "sweep: batch size"
 GROUP_THREADS = "sweep: threads"
+GROUP_STARTUP = "start-up"
 PREDICTION_COUNT = 18
+
+# Start-up measurements beyond the epoch: which implementations' ``fmbench train``
+# is timed end to end, and which keep a persistent compilation cache (and the
+# environment variable that points it elsewhere), timed cold and warm.
+CLI_STARTUP_IMPLS = ("numpy",)
+COMPILE_CACHE_ENV = {"jax": "FMBENCH_JAX_CACHE_DIR"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Settings:
     sweep_slow: bool
     data_dir: str | None
     worker_timeout: float
+    startup: bool = True
+    startup_rounds: int = 5
     batch_size: int = 256
     sweep_warmup: int = 1
 
@@ -101,6 +110,26 @@ class Case:
         return {"epoch": GROUP_EPOCH, "batch": GROUP_BATCH, "threads": GROUP_THREADS}[self.kind]
 
 
+@dataclass(frozen=True)
+class StartupCase:
+    """One start-up measurement: ``name`` is ``load-cache``, ``cli-train``, ``compile-cold``
+    or ``compile-warm``; ``impl`` is ``data`` for the loader."""
+
+    name: str
+    impl: str
+    device: str
+    threads: int
+    kind: str = "startup"
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}-{self.device}-{self.name}"
+
+    @property
+    def group(self) -> str:
+        return GROUP_STARTUP
+
+
 # --------------------------------------------------------------------- workers
 
 
@@ -110,6 +139,13 @@ class WorkerError(RuntimeError):
 
 class WorkerSkip(Exception):
     """The implementation cannot run here (framework, module or device missing)."""
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a process the benchmarks start: threads pinned, the repo importable."""
+    env = dict(os.environ, **thread_env(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -128,10 +164,10 @@ class Worker:
         *,
         data_dir: str | None = None,
         timeout: float = 900.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.impl, self.device, self.threads, self.timeout = impl, device, threads, timeout
-        env = dict(os.environ, **thread_env(threads))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = dict(worker_env(threads), **(env or {}))
         env["PYTHONUNBUFFERED"] = "1"
         command = [sys.executable, str(WORKER_SCRIPT), "--impl", impl]
         if data_dir:

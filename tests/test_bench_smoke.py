@@ -41,7 +41,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
 def test_smoke_json(smoke_run: Path) -> None:
     document = json.loads(smoke_run.read_text())
     kinds = sorted(b["extra_info"]["kind"] for b in document["benchmarks"])
-    assert kinds == ["batch", "batch", "batch", "epoch", "limit", "threads", "threads"]
+    assert kinds == [
+        "batch", "batch", "batch", "epoch", "limit", "startup", "startup", "threads", "threads",
+    ]  # fmt: skip
     for bench in document["benchmarks"]:
         assert bench["stats"]["median"] > 0
         assert bench["stats"]["rounds"] >= 1
@@ -60,6 +62,14 @@ def test_smoke_json(smoke_run: Path) -> None:
     assert skipped and all(t["device"] == MISSING_DEVICE for t in skipped)
     assert all("not available to numpy" in t["reason"] for t in skipped)
     assert all(t["outcome"] == "passed" for t in tests if t.get("device") != MISSING_DEVICE)
+    startup = {
+        b["extra_info"]["startup"]: b for b in document["benchmarks"]
+        if b["extra_info"]["kind"] == "startup"
+    }  # fmt: skip
+    assert sorted(startup) == ["cli-train", "load-cache"]
+    assert startup["cli-train"]["extra_info"]["implementation"] == "numpy"
+    assert startup["cli-train"]["extra_info"]["summary"].startswith("numpy: final test accuracy")
+    assert len(startup["load-cache"]["extra_info"]["sources"]) == 4
 
 
 def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
@@ -76,6 +86,7 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
     assert "limit: read float32 train set once" in markdown
     assert "not available to numpy" in markdown  # the skipped device is listed
     assert "Smoke run" in markdown
+    assert "## Start-up" in markdown and "| cli-train " in markdown
     figures = tmp_path / "reports" / "figures"
     for name in (
         "epoch_time.png",
@@ -94,3 +105,28 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
     assert numpy_row["limit_multiple"] > 1  # an epoch reads the data more than once
     assert numpy_row["peak_rss_mib"] > 50
     assert pd.isna(numpy_row["speedup_vs_baseline"])  # no d2l-reference in this run
+
+
+def test_compile_cache_cold_then_warm(tmp_path: Path, real_data) -> None:
+    """JAX's compile measurements: a fresh empty cache misses, a filled one hits."""
+    pytest.importorskip("jax")
+    run_json = tmp_path / "run.json"
+    command = [
+        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
+        "--impl", "jax", "--quick", "-k", "test_compile",
+        f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    entries = {
+        b["extra_info"]["startup"]: b["extra_info"]
+        for b in json.loads(run_json.read_text())["benchmarks"]
+    }
+    assert sorted(entries) == ["compile-cold", "compile-warm"]
+    assert entries["compile-cold"]["compilation_cache_warm"] == [False]
+    assert entries["compile-warm"]["compilation_cache_warm"] == [True]
+    for info in entries.values():
+        assert info["build_seconds"][0] >= info["compile_seconds"][0] > 0
+        assert info["first_epoch_seconds"][0] > 0

@@ -132,11 +132,48 @@ def _limit_entry(median: float = 0.012) -> dict:
     }
 
 
+STARTUP_TESTS = {"load-cache": "test_load_from_cache", "cli-train": "test_cli_train"}
+
+
+def _startup_entry(name: str, impl: str, median: float, **details: object) -> dict:
+    test = STARTUP_TESTS.get(name, "test_compile")
+    nodeid = f"benchmarks/test_startup_bench.py::{test}[{impl}-cpu-{name}]"
+    return {
+        "group": "start-up",
+        "name": nodeid.split("::")[1],
+        "fullname": nodeid,
+        "stats": _stats(median, median / 50, rounds=5),
+        "extra_info": {
+            "kind": "startup",
+            "startup": name,
+            "implementation": impl,
+            "device": "cpu",
+            "threads": 2,
+            "batch_size": None,
+            "what": f"timed: {name}",
+            **details,
+        },
+    }
+
+
+def _startup_entries(compile_warm_median: float) -> list[dict]:
+    compile_parts = {"build_seconds": [0.8, 0.9, 1.0], "compile_seconds": [0.7, 0.8, 0.9]}
+    return [
+        _startup_entry("compile-warm", "jax", compile_warm_median, build_seconds=[0.2] * 3,
+                       compile_seconds=[0.15] * 3, first_epoch_seconds=[0.1] * 3),
+        _startup_entry("cli-train", "numpy", 2.0),
+        _startup_entry("compile-cold", "jax", 1.0, first_epoch_seconds=[0.1] * 3,
+                       **compile_parts),
+        _startup_entry("load-cache", "data", 0.07, sources=["/cache/a"] * 4),
+    ]  # fmt: skip
+
+
 def make_run(
     node: str = "box-a",
     *,
     numpy_median: float = 0.5,
     numpy_iqr: float = 0.01,
+    compile_warm_median: float = 0.3,
     when: str = "2026-01-02T10:00:00+00:00",
     run_id: str = "run-1",
     skipped: bool = True,
@@ -149,6 +186,7 @@ def make_run(
     ]
     benchmarks += [_sweep_entry("numpy", "batch", size, numpy_median) for size in (64, 256, 1024)]
     benchmarks += [_sweep_entry("numpy", "threads", n, numpy_median * 2 / n) for n in (1, 2)]
+    benchmarks += _startup_entries(compile_warm_median)
     tests = [
         {"nodeid": b["fullname"], "kind": b["extra_info"]["kind"], "outcome": "passed",
          "impl": b["extra_info"]["implementation"], "device": "cpu", "reason": ""}
@@ -246,6 +284,43 @@ def test_report_from_a_valid_run(tmp_path: Path, out_dir: Path) -> None:
         assert (out_dir / "figures" / name).stat().st_size > 1000
         assert f"figures/{name}" in markdown
     assert not list(tmp_path.glob(".reports.tmp-*")), "the staging directory is removed"
+
+
+def test_startup_section(tmp_path: Path) -> None:
+    path = write(tmp_path / "run.json", make_run())
+    markdown = report.build_report([path], tmp_path / "out").read_text()
+    table = markdown.split("## Start-up\n\n")[1].split("\n\n")[0]
+    rows = [line for line in table.splitlines() if "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [
+        "load-cache", "cli-train", "compile-cold", "compile-warm",
+    ]  # fmt: skip
+    assert "build 0.900 s (of which compile 0.800 s) + first epoch 0.100 s" in rows[3]
+    assert "| 0.0700 (0.0014) " in rows[1]
+    noise = markdown.split("## Noise")[1]
+    assert "start-up: compile-cold (jax)" in noise and "start-up: load-cache" in noise
+
+
+def test_startup_entry_needs_what_not_accuracy(tmp_path: Path, out_dir: Path) -> None:
+    document = make_run()
+    assert "final_test_accuracy" not in document["benchmarks"][-1]["extra_info"]
+    del document["benchmarks"][-1]["extra_info"]["what"]
+    entry = "test_load_from_cache[data-cpu-load-cache]"
+    _assert_rejected(tmp_path, out_dir, document, entry, "what")
+
+
+def test_cold_and_warm_compiles_are_compared_apart(tmp_path: Path, out_dir: Path) -> None:
+    before = write(tmp_path / "before.json", make_run(run_id="old"))
+    after = write(
+        tmp_path / "after.json",
+        make_run(compile_warm_median=0.6, run_id="new", when="2026-01-05T10:00:00+00:00"),
+    )
+    frame = report.results_frame(report.load_runs([after]), report.load_runs([before]))
+    startup = frame[frame["kind"] == "startup"].set_index("startup")
+    assert startup.loc["compile-warm", "verdict"] == "regression"
+    assert startup.loc["compile-warm", "previous_median_s"] == pytest.approx(0.3)
+    assert startup.loc["compile-cold", "verdict"] == "within noise"
+    markdown = report.build_report([after], out_dir, previous=before).read_text()
+    assert "start-up: jax cpu, compile-warm: 0.300 s → 0.600 s" in markdown
 
 
 def test_competing_load_is_reported(tmp_path: Path) -> None:

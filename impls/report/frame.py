@@ -5,6 +5,7 @@ pandas is imported inside :func:`results_frame`, not at import time.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,8 +47,10 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     Columns: machine, run, kind, group, implementation, device, threads,
     batch_size, median_s, q1_s, q3_s, iqr_s, rounds, min_s, max_s,
     examples_per_s, first_epoch_s, final_test_accuracy, time_to_accuracy_s,
-    peak_rss_mib, speedup_vs_baseline, limit_multiple, and, when a previous run
-    matches, previous_median_s, delta_s, delta_pct, noise_s, verdict.
+    peak_rss_mib, speedup_vs_baseline, limit_multiple, startup, what, build_s,
+    compile_s, and, when a previous run matches, previous_median_s, delta_s,
+    delta_pct, noise_s, verdict. Start-up rows give the median over their rounds
+    of ``first_epoch_s``, ``build_s`` and ``compile_s`` where they have them.
     """
     import pandas as pd
 
@@ -90,7 +93,13 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
                 "peak_rss_children_mib": _mib(info.get("peak_rss_children_bytes")),
                 "speedup_vs_baseline": None,
                 "limit_multiple": None,
+                "startup": info.get("startup"),
+                "what": info.get("what"),
+                "build_s": _median(info.get("build_seconds")),
+                "compile_s": _median(info.get("compile_seconds")),
             }
+            if entry.kind == "startup":
+                row["first_epoch_s"] = _median(info.get("first_epoch_seconds"))
             if entry.kind == "epoch":
                 baseline = baselines.get(info["device"], baselines.get("cpu"))
                 if baseline is not None:
@@ -106,6 +115,14 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
         if column not in frame:
             frame[column] = None
     return frame
+
+
+def _median(values: Any) -> float | None:
+    """The median of a list of numbers (a start-up round each), a number as is, else None."""
+    if _number(values):
+        return float(values)
+    numbers = [v for v in values if _number(v)] if isinstance(values, list) else []
+    return statistics.median(numbers) if numbers else None
 
 
 def _mib(value: Any) -> float | None:

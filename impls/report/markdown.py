@@ -17,6 +17,7 @@ from impls.report.tables import (
     main_table,
     noise_table,
     settings_table,
+    startup_table,
     sweep_table,
 )
 
@@ -257,6 +258,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                 elif row["kind"] == "threads":
                     threads = int(row["threads"])
                     point += f", {threads} thread{'s' if threads != 1 else ''}"
+                elif row["kind"] == "startup":
+                    point += f", {row['startup']}"
                 lines.append(
                     f"- {'**regression**' if what == 'slower' else 'improvement'} — {point}: "
                     f"{_num(row['previous_median_s'])} s → {_num(row['median_s'])} s "
@@ -274,6 +277,20 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         )
     elif previous:
         lines += ["*No previous run of the same machine to compare with.*", ""]
+
+    startup = startup_table(frame, with_machine=multi, with_delta=with_delta)
+    if startup is not None:
+        lines += ["## Start-up", "", _md(startup), ""]
+        lines.append(
+            "Each round of *cli-train* and *compile-…* runs in a fresh process. *load-cache*: "
+            "the four files read from the suite's cache and verified (SHA-256), in the "
+            "benchmark process. *cli-train*: the whole command as a user types it, after one "
+            "untimed round that fills the OS page cache. *compile-cold* / *compile-warm*: "
+            "building the trainer (tracing and compiling its programs) plus its first epoch, "
+            "with an empty or an already filled persistent compilation cache; the worker's "
+            "own report of a cache hit or miss is checked against the intended state."
+        )
+        lines.append("")
 
     lines += ["## Figures", ""]
     figure_lines = _figures(runs, frame, figures, multi=multi, target=target)

@@ -40,9 +40,16 @@ EXTRA_KEYS = {
     ),
     "batch": (*CASE_KEYS, "final_test_accuracy"),
     "threads": (*CASE_KEYS, "final_test_accuracy"),
+    "startup": ("startup", "implementation", "device", "what"),
 }
+TRAINING_KINDS = ("epoch", "batch", "threads")  # the kinds that train and report accuracy
 HISTORY_KEYS = ("epoch", "test_accuracy", "train_seconds")
-GROUP_KINDS = {"epoch": "epoch", "batch": "sweep: batch size", "threads": "sweep: threads"}
+GROUP_KINDS = {
+    "epoch": "epoch",
+    "batch": "sweep: batch size",
+    "threads": "sweep: threads",
+    "startup": "start-up",
+}
 
 
 class ReportError(Exception):
@@ -79,6 +86,7 @@ class Entry:
             self.info.get("device"),
             self.info.get("threads"),
             self.info.get("batch_size"),
+            self.info.get("startup"),
         )
 
 
@@ -201,7 +209,7 @@ def _check_entry(path: Path, index: int, raw: Any) -> Entry:
     for key in EXTRA_KEYS[kind]:
         if key not in info:
             raise _fail(path, f"{where}: extra_info has no {key!r}")
-    if kind != "limit":
+    if kind in TRAINING_KINDS:
         accuracy = info["final_test_accuracy"]
         if not _number(accuracy) or not 0 <= accuracy <= 1:
             raise _fail(path, f"{where}: final_test_accuracy is {accuracy!r}, not in [0, 1]")

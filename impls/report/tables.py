@@ -138,18 +138,65 @@ def sweep_table(frame, kind: str, *, with_machine: bool):
     return result[order]
 
 
-def noise_table(frame, *, with_machine: bool):
-    """Rounds and spread of every main-table row."""
+STARTUP_ORDER = ("load-cache", "cli-train", "compile-cold", "compile-warm")
+
+
+def startup_table(frame, *, with_machine: bool, with_delta: bool):
+    """One row per start-up measurement: what was timed, its median and its parts."""
     import pandas as pd
 
-    rows = frame[frame["kind"].isin(["epoch", "limit"])].sort_values(["run", "median_s"])
+    rows = frame[frame["kind"] == "startup"].copy()
+    if rows.empty:
+        return None
+    rank = {name: index for index, name in enumerate(STARTUP_ORDER)}
+    rows["_rank"] = [rank.get(name, len(rank)) for name in rows["startup"]]
+    rows = rows.sort_values(["run", "_rank", "implementation", "device"])
+    table = []
+    for _, row in rows.iterrows():
+        record = {"machine": row["machine"]} if with_machine else {}
+        parts = []
+        if _present(row["build_s"]):
+            build = f"build {_num(row['build_s'])} s"
+            if _present(row["compile_s"]):
+                build += f" (of which compile {_num(row['compile_s'])} s)"
+            parts.append(build)
+        if _present(row["first_epoch_s"]):
+            parts.append(f"first epoch {_num(row['first_epoch_s'])} s")
+        record.update(
+            {
+                "measurement": row["startup"],
+                "implementation": row["implementation"],
+                "device": row["device"] or "—",
+                "median [s] (IQR)": f"{_num(row['median_s'])} ({_num(row['iqr_s'], 2)})",
+                "rounds": int(row["rounds"]),
+                "medians of the parts": " + ".join(parts) or "—",
+            }
+        )
+        if with_delta:
+            record["Δ vs previous"] = _delta_text(row)
+        table.append(record)
+    return pd.DataFrame(table)
+
+
+def noise_table(frame, *, with_machine: bool):
+    """Rounds and spread of every main-table row and start-up measurement."""
+    import pandas as pd
+
+    rows = frame[frame["kind"].isin(["epoch", "limit", "startup"])].copy()
+    rows["_startup"] = rows["kind"] == "startup"
+    rows = rows.sort_values(["run", "_startup", "median_s"])
     table = []
     for _, row in rows.iterrows():
         spread = row["iqr_s"] / row["median_s"]
         record = {"machine": row["machine"]} if with_machine else {}
+        name = row["implementation"]
+        if row["kind"] == "startup":
+            name = f"start-up: {row['startup']}" + (
+                "" if row["implementation"] == "data" else f" ({row['implementation']})"
+            )
         record.update(
             {
-                "benchmark": row["implementation"],
+                "benchmark": name,
                 "rounds": int(row["rounds"]),
                 "IQR / median": f"{100 * spread:.1f} %"
                 + (" (noisy)" if spread > NOISY_IQR_FRACTION else ""),
