@@ -3,10 +3,8 @@
 The book's own ``softmax``, ``cross_entropy``, ``accuracy`` and minibatch
 ``sgd`` on plain tensors; autograd computes the gradients. Unlike the book,
 softmax and loss subtract the row maximum (log-sum-exp), so large logits give
-finite results. The dataset is moved to the device once, as float32 (N, 784).
-
-The device helpers in the first section (device choice, threads, sync, data
-conversion) are shared by the other PyTorch implementations.
+finite results. The dataset is moved to the device once, as float32 (N, 784);
+the device, thread and data helpers come from :mod:`impls.torch_support`.
 """
 
 from __future__ import annotations
