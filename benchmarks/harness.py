@@ -271,6 +271,23 @@ def missing_reason(impl: str) -> str | None:
     return None
 
 
+def request_build(worker: Worker, config: dict) -> dict:
+    """Build ``worker``'s trainer; a device its framework lacks raises :class:`WorkerSkip`."""
+    try:
+        return worker.request("build", config=config)
+    except WorkerError as error:
+        try:
+            devices = worker.request("devices")["devices"]
+        except WorkerError:
+            raise error from None
+        if config["device"] not in devices:
+            raise WorkerSkip(
+                f"device {config['device']!r} not available to {worker.impl} "
+                f"(available: {', '.join(devices)})"
+            ) from error
+        raise
+
+
 @dataclass
 class WorkerPool:
     """Keeps the most recent worker alive for reuse; starts a fresh one for another key.
@@ -309,27 +326,15 @@ class WorkerPool:
     def build(self, case: Case, **config: object) -> dict:
         """Build ``case``'s trainer in its worker; a device the framework lacks is a skip."""
         worker = self.get(case)
-        try:
-            reply = worker.request(
-                "build",
-                config={
-                    "device": case.device,
-                    "threads": case.threads,
-                    "batch_size": case.batch_size,
-                    **config,
-                },
-            )
-        except WorkerError as error:
-            try:
-                devices = worker.request("devices")["devices"]
-            except WorkerError:
-                raise error from None
-            if case.device not in devices:
-                raise WorkerSkip(
-                    f"device {case.device!r} not available to {case.impl} "
-                    f"(available: {', '.join(devices)})"
-                ) from error
-            raise
+        reply = request_build(
+            worker,
+            {
+                "device": case.device,
+                "threads": case.threads,
+                "batch_size": case.batch_size,
+                **config,
+            },
+        )
         reply["import_seconds"] = worker.load["import_seconds"]  # type: ignore[attr-defined]
         reply["data_load_seconds"] = worker.hello["load_seconds"]
         self.on_info(case.impl, {"device": case.device, "threads": case.threads, **reply})

@@ -26,6 +26,7 @@ import sys
 import harness
 import pytest
 
+from impls.config import TrainConfig
 from impls.data import load_fashion_mnist
 
 pytestmark = pytest.mark.startup
@@ -72,10 +73,10 @@ def test_cli_train(benchmark, settings: harness.Settings, dataset, cli_case, tmp
     reason = harness.missing_reason(case.impl)
     if reason:
         pytest.skip(f"{case.impl}: {reason}")
-    command = [sys.executable, "-m", "impls.cli", "train", case.impl, "--quiet"]
-    command += ["--threads", str(case.threads), "--out", str(tmp_path / "out")]
+    arguments = ["train", case.impl, "--quiet", "--threads", str(case.threads)]
     if settings.data_dir:
-        command += ["--data-dir", str(settings.data_dir)]
+        arguments += ["--data-dir", str(settings.data_dir)]
+    command = [sys.executable, "-m", "impls.cli", *arguments, "--out", str(tmp_path / "out")]
     outputs: list[str] = []
 
     def run_command() -> None:
@@ -101,8 +102,8 @@ def test_cli_train(benchmark, settings: harness.Settings, dataset, cli_case, tmp
         _startup_info(
             case,
             f"`fmbench train {case.impl}` end to end in a fresh process: start, imports, data "
-            "from the cache, 10 epochs with evaluation, figures written",
-            command=" ".join(["fmbench", *command[3:-2]]),
+            f"from the cache, {TrainConfig().epochs} epochs with evaluation, figures written",
+            command=" ".join(["fmbench", *arguments]),
             summary=_summary_line(outputs[-1]),
         )
     )
@@ -151,7 +152,7 @@ def test_compile(
 
     def build_and_first_epoch() -> None:
         worker = current["worker"]
-        build = worker.request("build", config=config)
+        build = harness.request_build(worker, config)
         worker.request("prepare", epoch=0)
         epoch = worker.request("train")
         rounds.append({"build": build, "first_epoch_seconds": epoch["seconds"]})
@@ -160,12 +161,14 @@ def test_compile(
         if not cold:  # fill the shared cache once, untimed
             filler = start_worker(root / "shared")
             try:
-                filler.request("build", config=config)
+                harness.request_build(filler, config)
             finally:
                 filler.close()
         benchmark.pedantic(
             build_and_first_epoch, setup=setup, rounds=settings.startup_rounds, iterations=1
         )
+    except harness.WorkerSkip as reason:
+        pytest.skip(f"{case.impl}: {reason}")
     except harness.WorkerError as error:
         pytest.fail(str(error), pytrace=False)
     finally:

@@ -113,20 +113,22 @@ def test_compile_cache_cold_then_warm(tmp_path: Path, real_data) -> None:
     run_json = tmp_path / "run.json"
     command = [
         sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
-        "--impl", "jax", "--quick", "-k", "test_compile",
+        "--impl", "jax", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
+        "-k", "test_compile",
         f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
     ]  # fmt: skip
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    entries = {
-        b["extra_info"]["startup"]: b["extra_info"]
-        for b in json.loads(run_json.read_text())["benchmarks"]
-    }
+    document = json.loads(run_json.read_text())
+    entries = {b["extra_info"]["startup"]: b["extra_info"] for b in document["benchmarks"]}
     assert sorted(entries) == ["compile-cold", "compile-warm"]
     assert entries["compile-cold"]["compilation_cache_warm"] == [False]
     assert entries["compile-warm"]["compilation_cache_warm"] == [True]
     for info in entries.values():
         assert info["build_seconds"][0] >= info["compile_seconds"][0] > 0
         assert info["first_epoch_seconds"][0] > 0
+    skipped = [t for t in document["fmbench"]["tests"] if t["outcome"] == "skipped"]
+    assert [t["name"] for t in skipped] == ["compile-cold", "compile-warm"]
+    assert all(f"device {MISSING_DEVICE!r} not available to jax" in t["reason"] for t in skipped)
