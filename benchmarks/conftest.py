@@ -46,6 +46,10 @@ QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 5
 DEFAULT_LIMIT_ROUNDS = 30
 DEFAULT_STARTUP_ROUNDS = 5
+FLOOR_TESTS = {
+    "test_read_limit": {"kind": "limit", "group": harness.GROUP_EPOCH},
+    "test_compute_floor": {"kind": "compute", "group": harness.GROUP_COMPUTE},
+}
 DEFAULT_TARGET_ACCURACY = 0.82
 
 
@@ -368,7 +372,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         case = _item_case(item)
         state["cases"][item.nodeid] = (
-            {"kind": "limit", "group": harness.GROUP_EPOCH}
+            FLOOR_TESTS.get(item.originalname, {"kind": "limit", "group": harness.GROUP_EPOCH})
             if case is None
             else {**vars(case), "group": case.group}
         )

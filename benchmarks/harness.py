@@ -50,6 +50,7 @@ GROUP_EPOCH = "epoch"
 GROUP_BATCH = "sweep: batch size"
 GROUP_THREADS = "sweep: threads"
 GROUP_STARTUP = "start-up"
+GROUP_COMPUTE = "compute floor"
 PREDICTION_COUNT = 18
 
 # Start-up measurements beyond the epoch: which implementations' ``fmbench train``
@@ -448,3 +449,33 @@ class ReadOnce:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
+
+
+class PeakGemm:
+    """One large float32 matrix product (``size`` cubed) with ``threads`` BLAS threads.
+
+    Its rate is the best this machine's BLAS does in float32, the yardstick for
+    the compute floor: an epoch's matrix products at that rate.
+    """
+
+    def __init__(self, threads: int, size: int = 2048, seed: int = 0) -> None:
+        from threadpoolctl import threadpool_limits
+
+        rng = np.random.default_rng(seed)
+        self.threads, self.size = threads, size
+        self.flops = 2 * size**3
+        self._a = rng.random((size, size), dtype=np.float32)
+        self._b = rng.random((size, size), dtype=np.float32)
+        self._out = np.empty((size, size), dtype=np.float32)
+        self._limits = threadpool_limits(limits=threads, user_api="blas")
+
+    def __call__(self) -> None:
+        np.matmul(self._a, self._b, out=self._out)
+
+    def close(self) -> None:
+        self._limits.restore_original_limits()
+
+
+def epoch_flops(num_train: int, num_inputs: int = 784, num_outputs: int = 10) -> int:
+    """Floating-point operations of an epoch's matrix products: x @ W and x.T @ dlogits."""
+    return 2 * (2 * num_train * num_inputs * num_outputs)

@@ -1,9 +1,11 @@
-"""The benchmarks: the read-once limit, each implementation's epoch, two sweeps.
+"""The benchmarks: the read-once limit, the compute floor, each implementation's epoch, sweeps.
 
 Groups (``benchmark.group``): ``epoch`` holds the limit and the main run of
 every implementation, so pytest-benchmark's own table already shows each as a
-multiple of the limit; ``sweep: batch size`` and ``sweep: threads`` hold the
-sweeps. Everything the report needs besides the timings is in ``extra_info``.
+multiple of the limit; ``compute floor`` times one large matrix product, whose
+rate gives the time of an epoch's products; ``sweep: batch size`` and ``sweep:
+threads`` hold the sweeps. Everything the report needs besides the timings is in
+``extra_info``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,34 @@ def test_read_limit(benchmark, settings: harness.Settings, train_float32) -> Non
         gigabytes_per_second=reader.nbytes / median / 1e9,
     )
     assert median > 0
+
+
+def test_compute_floor(benchmark, settings: harness.Settings, dataset) -> None:
+    """The compute floor: an epoch's matrix products at this machine's best float32 rate."""
+    benchmark.group = harness.GROUP_COMPUTE
+    gemm = harness.PeakGemm(settings.threads)
+    try:
+        benchmark.pedantic(gemm, rounds=settings.limit_rounds, warmup_rounds=1, iterations=1)
+    finally:
+        gemm.close()
+    rate = gemm.flops / benchmark.stats.stats.median
+    flops = harness.epoch_flops(dataset.num_train)
+    benchmark.extra_info.update(
+        kind="compute",
+        implementation="compute",
+        device="cpu",
+        what=(
+            f"np.matmul of two {gemm.size} x {gemm.size} float32 matrices: the BLAS's best "
+            "rate, applied to the epoch's products (forward and weight gradient)"
+        ),
+        threads=gemm.threads,
+        batch_size=None,
+        flops_per_call=gemm.flops,
+        gigaflops_per_second=rate / 1e9,
+        epoch_flops=flops,
+        floor_seconds=flops / rate,
+    )
+    assert rate > 0
 
 
 def test_epoch(

@@ -42,7 +42,8 @@ def test_smoke_json(smoke_run: Path) -> None:
     document = json.loads(smoke_run.read_text())
     kinds = sorted(b["extra_info"]["kind"] for b in document["benchmarks"])
     assert kinds == [
-        "batch", "batch", "batch", "epoch", "limit", "startup", "startup", "threads", "threads",
+        "batch", "batch", "batch", "compute", "epoch", "limit", "startup", "startup",
+        "threads", "threads",
     ]  # fmt: skip
     for bench in document["benchmarks"]:
         assert bench["stats"]["median"] > 0
@@ -87,6 +88,7 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
     assert "not available to numpy" in markdown  # the skipped device is listed
     assert "Smoke run" in markdown
     assert "## Start-up" in markdown and "| cli-train " in markdown
+    assert "Compute floor: an epoch's matrix products" in markdown
     figures = tmp_path / "reports" / "figures"
     for name in (
         "epoch_time.png",

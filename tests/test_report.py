@@ -135,6 +135,24 @@ def _limit_entry(median: float = 0.012) -> dict:
 STARTUP_TESTS = {"load-cache": "test_load_from_cache", "cli-train": "test_cli_train"}
 
 
+def _compute_entry(median: float = 0.08) -> dict:
+    return {
+        "group": "compute floor",
+        "name": "test_compute_floor",
+        "fullname": "benchmarks/test_softmax_bench.py::test_compute_floor",
+        "stats": _stats(median, median / 100, rounds=30),
+        "extra_info": {
+            "kind": "compute",
+            "implementation": "compute",
+            "device": "cpu",
+            "threads": 2,
+            "batch_size": None,
+            "flops_per_call": 2 * 2048**3,
+            "epoch_flops": 4 * NUM_TRAIN * 784 * 10,
+        },
+    }
+
+
 def _startup_entry(name: str, impl: str, median: float, **details: object) -> dict:
     test = STARTUP_TESTS.get(name, "test_compile")
     nodeid = f"benchmarks/test_startup_bench.py::{test}[{impl}-cpu-{name}]"
@@ -187,6 +205,7 @@ def make_run(
     benchmarks += [_sweep_entry("numpy", "batch", size, numpy_median) for size in (64, 256, 1024)]
     benchmarks += [_sweep_entry("numpy", "threads", n, numpy_median * 2 / n) for n in (1, 2)]
     benchmarks += _startup_entries(compile_warm_median)
+    benchmarks.append(_compute_entry())
     tests = [
         {"nodeid": b["fullname"], "kind": b["extra_info"]["kind"], "outcome": "passed",
          "impl": b["extra_info"]["implementation"], "device": "cpu", "reason": ""}
@@ -286,6 +305,20 @@ def test_report_from_a_valid_run(tmp_path: Path, out_dir: Path) -> None:
     assert not list(tmp_path.glob(".reports.tmp-*")), "the staging directory is removed"
 
 
+def test_compute_floor_sentence(tmp_path: Path) -> None:
+    markdown = report.build_report([write(tmp_path / "r.json", make_run())], tmp_path / "out")
+    text = markdown.read_text()
+    # 2 * 2048**3 flop in 0.08 s = 215 GFLOP/s; 1.88 GFLOP at that rate = 8.76 ms.
+    assert "(x @ W and the weight gradient, 1.88 GFLOP) take 8.76 ms" in text
+    assert "(215 GFLOP/s: one 2048 × 2048 product, 2 threads), 0.730× the limit" in text
+    assert "the fastest implementation (numpy) takes 57.1× the floor" in text
+    assert "| compute floor (one large matrix product) | 30 " in text
+    frame = report.results_frame(report.load_runs([tmp_path / "r.json"]))
+    numpy_row = frame[(frame["kind"] == "epoch") & (frame["implementation"] == "numpy")].iloc[0]
+    floor = 4 * NUM_TRAIN * 784 * 10 / (2 * 2048**3 / 0.08)
+    assert numpy_row["floor_multiple"] == pytest.approx(0.5 / floor)
+
+
 def test_startup_section(tmp_path: Path) -> None:
     path = write(tmp_path / "run.json", make_run())
     markdown = report.build_report([path], tmp_path / "out").read_text()
@@ -302,8 +335,9 @@ def test_startup_section(tmp_path: Path) -> None:
 
 def test_startup_entry_needs_what_not_accuracy(tmp_path: Path, out_dir: Path) -> None:
     document = make_run()
-    assert "final_test_accuracy" not in document["benchmarks"][-1]["extra_info"]
-    del document["benchmarks"][-1]["extra_info"]["what"]
+    load_cache = document["benchmarks"][-2]["extra_info"]
+    assert load_cache["startup"] == "load-cache" and "final_test_accuracy" not in load_cache
+    del load_cache["what"]
     entry = "test_load_from_cache[data-cpu-load-cache]"
     _assert_rejected(tmp_path, out_dir, document, entry, "what")
 

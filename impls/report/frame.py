@@ -48,9 +48,11 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     batch_size, median_s, q1_s, q3_s, iqr_s, rounds, min_s, max_s,
     examples_per_s, first_epoch_s, final_test_accuracy, time_to_accuracy_s,
     peak_rss_mib, speedup_vs_baseline, limit_multiple, startup, what, build_s,
-    compile_s, and, when a previous run matches, previous_median_s, delta_s,
-    delta_pct, noise_s, verdict. Start-up rows give the median over their rounds
-    of ``first_epoch_s``, ``build_s`` and ``compile_s`` where they have them.
+    compile_s, floor_s (the compute row: an epoch's products at its rate),
+    floor_multiple (epoch rows: median / floor_s), and, when a previous run
+    matches, previous_median_s, delta_s, delta_pct, noise_s, verdict. Start-up
+    rows give the median over their rounds of ``first_epoch_s``, ``build_s`` and
+    ``compile_s`` where they have them.
     """
     import pandas as pd
 
@@ -58,6 +60,7 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     rows = []
     for index, run in enumerate(runs):
         limit = run.limit
+        floor = _floor_seconds(run.compute)
         baselines = {
             e.info["device"]: e.median for e in run.of_kind("epoch") if e.implementation == BASELINE
         }
@@ -97,6 +100,8 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
                 "what": info.get("what"),
                 "build_s": _median(info.get("build_seconds")),
                 "compile_s": _median(info.get("compile_seconds")),
+                "floor_s": floor if entry.kind == "compute" else None,
+                "floor_multiple": None,
             }
             if entry.kind == "startup":
                 row["first_epoch_s"] = _median(info.get("first_epoch_seconds"))
@@ -106,6 +111,8 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
                     row["speedup_vs_baseline"] = baseline / stats["median"]
             if entry.kind in ("epoch", "limit") and limit is not None:
                 row["limit_multiple"] = stats["median"] / limit.median
+            if entry.kind == "epoch" and floor is not None:
+                row["floor_multiple"] = stats["median"] / floor
             before = previous_entries.get(entry.key())
             if before is not None:
                 row.update(compare(entry, before))
@@ -115,6 +122,14 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
         if column not in frame:
             frame[column] = None
     return frame
+
+
+def _floor_seconds(compute: Entry | None) -> float | None:
+    """An epoch's matrix products at the rate of the compute-floor measurement."""
+    if compute is None:
+        return None
+    rate = compute.info["flops_per_call"] / compute.median
+    return compute.info["epoch_flops"] / rate
 
 
 def _median(values: Any) -> float | None:

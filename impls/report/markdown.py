@@ -103,6 +103,15 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "at least once, so *× limit* says how far an implementation is from that floor (one "
         "that kept the data as uint8 could in principle go below it)."
     )
+    if any(run.compute is not None for run in runs):
+        lines.append(
+            "- **The compute floor** is the other bound: every epoch computes x @ W and the "
+            "weight gradient for each example (2 × 2 × 784 × 10 floating-point operations), and "
+            "the floor is their time at the rate of one large float32 matrix product (NumPy's "
+            "BLAS, same threads), the best rate this machine's BLAS reaches. The batches' "
+            "products are small and skinny (256 × 784 by 784 × 10), which run far below that "
+            "rate, so an epoch takes several times the floor even with nothing else in it."
+        )
     lines.append(
         "- **Time to accuracy**: cumulative training wall time, first epoch included and "
         "evaluation excluded, until the test accuracy measured after an epoch first reaches "
@@ -222,6 +231,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                 f"once takes {_num(1000 * row['median_s'])} ms ({_num(speed)} GB/s, "
                 f"{limit.info['threads']} thread{'s' if limit.info['threads'] != 1 else ''})."
             )
+        lines += _floor_lines(runs, frame, multi)
         lines.append("")
         lines.append(
             "Epoch: median seconds per training epoch (IQR in brackets). Speed-up: "
@@ -320,6 +330,36 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     lines += _notes(runs, frame, previous_lines)
     lines.append("")
     return "\n".join(lines)
+
+
+def _floor_lines(runs: Sequence[Run], frame, multi: bool) -> list[str]:
+    """One sentence per run with a compute-floor measurement: the floor, and how far the
+    fastest implementation is from it."""
+    lines = []
+    for _, row in frame[frame["kind"] == "compute"].iterrows():
+        run = runs[int(row["run"])]
+        compute, limit = run.compute, run.limit
+        threads = compute.info["threads"]
+        rate = compute.info["flops_per_call"] / compute.median
+        size = round((compute.info["flops_per_call"] / 2) ** (1 / 3))
+        text = (
+            f"Compute floor{f' ({row.machine})' if multi else ''}: an epoch's matrix products "
+            f"(x @ W and the weight gradient, {_num(compute.info['epoch_flops'] / 1e9)} GFLOP) "
+            f"take {_num(1000 * row['floor_s'])} ms at this machine's best float32 rate "
+            f"({_num(rate / 1e9)} GFLOP/s: one {size} × {size} product, {threads} "
+            f"thread{'s' if threads != 1 else ''})"
+        )
+        if limit is not None:
+            text += f", {_num(row['floor_s'] / limit.median)}× the limit"
+        epochs = frame[(frame["kind"] == "epoch") & (frame["run"] == row["run"])]
+        if not epochs.empty:
+            fastest = epochs.sort_values("median_s").iloc[0]
+            text += (
+                f"; the fastest implementation ({fastest['implementation']}) takes "
+                f"{_num(fastest['floor_multiple'])}× the floor"
+            )
+        lines.append(text + ".")
+    return lines
 
 
 def _figures(runs: Sequence[Run], frame, figures: Path, *, multi: bool, target) -> list[str]:

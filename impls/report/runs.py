@@ -30,6 +30,7 @@ CASE_KEYS = (
 )
 EXTRA_KEYS = {
     "limit": ("bytes", "threads"),
+    "compute": ("threads", "flops_per_call", "epoch_flops"),
     "epoch": (
         *CASE_KEYS,
         "final_test_accuracy",
@@ -49,6 +50,7 @@ GROUP_KINDS = {
     "batch": "sweep: batch size",
     "threads": "sweep: threads",
     "startup": "start-up",
+    "compute": "compute floor",
 }
 
 
@@ -146,6 +148,12 @@ class Run:
     def limit(self) -> Entry | None:
         limits = self.of_kind("limit")
         return limits[0] if limits else None
+
+    @property
+    def compute(self) -> Entry | None:
+        """The compute-floor measurement (one large float32 matrix product), if run."""
+        entries = self.of_kind("compute")
+        return entries[0] if entries else None
 
 
 def _fail(path: Path, problem: str) -> ReportError:

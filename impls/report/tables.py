@@ -182,7 +182,7 @@ def noise_table(frame, *, with_machine: bool):
     """Rounds and spread of every main-table row and start-up measurement."""
     import pandas as pd
 
-    rows = frame[frame["kind"].isin(["epoch", "limit", "startup"])].copy()
+    rows = frame[frame["kind"].isin(["epoch", "limit", "compute", "startup"])].copy()
     rows["_startup"] = rows["kind"] == "startup"
     rows = rows.sort_values(["run", "_startup", "median_s"])
     table = []
@@ -190,7 +190,9 @@ def noise_table(frame, *, with_machine: bool):
         spread = row["iqr_s"] / row["median_s"]
         record = {"machine": row["machine"]} if with_machine else {}
         name = row["implementation"]
-        if row["kind"] == "startup":
+        if row["kind"] == "compute":
+            name = "compute floor (one large matrix product)"
+        elif row["kind"] == "startup":
             name = f"start-up: {row['startup']}" + (
                 "" if row["implementation"] == "data" else f" ({row['implementation']})"
             )
