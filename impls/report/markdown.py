@@ -227,7 +227,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                 limit.info.get("gigabytes_per_second") or limit.info["bytes"] / limit.median / 1e9
             )
             lines.append(
-                f"Limit{f' ({row.machine})' if multi else ''}: reading the float32 training set "
+                f"{'- ' if multi else ''}Limit{f' ({row.machine})' if multi else ''}: "
+                "reading the float32 training set "
                 f"once takes {_num(1000 * row['median_s'])} ms ({_num(speed)} GB/s, "
                 f"{limit.info['threads']} thread{'s' if limit.info['threads'] != 1 else ''})."
             )
@@ -343,7 +344,8 @@ def _floor_lines(runs: Sequence[Run], frame, multi: bool) -> list[str]:
         rate = compute.info["flops_per_call"] / compute.median
         size = round((compute.info["flops_per_call"] / 2) ** (1 / 3))
         text = (
-            f"Compute floor{f' ({row.machine})' if multi else ''}: an epoch's matrix products "
+            f"{'- ' if multi else ''}Compute floor{f' ({row.machine})' if multi else ''}: "
+            "an epoch's matrix products "
             f"(x @ W and the weight gradient, {_num(compute.info['epoch_flops'] / 1e9)} GFLOP) "
             f"take {_num(1000 * row['floor_s'])} ms at this machine's best float32 rate "
             f"({_num(rate / 1e9)} GFLOP/s: one {size} × {size} product, {threads} "
