@@ -609,6 +609,24 @@ class MinibatchOrder:
         return split_batches(self.epoch(epoch), self.batch_size)
 
 
+def check_order(order: np.ndarray, num_examples: int) -> np.ndarray:
+    """``order`` as a 1-D integer array of indices below ``num_examples``, or a ValueError."""
+    order = np.asarray(order)
+    if order.ndim != 1 or len(order) == 0:
+        raise ValueError(
+            f"an epoch's order must be a non-empty 1-D array of example indices, "
+            f"got shape {order.shape}"
+        )
+    if not np.issubdtype(order.dtype, np.integer):
+        raise ValueError(f"an epoch's order must hold integer indices, got {order.dtype}")
+    if order.min() < 0 or order.max() >= num_examples:
+        raise ValueError(
+            f"an epoch's order holds indices outside 0..{num_examples - 1} "
+            f"(from {order.min()} to {order.max()})"
+        )
+    return order
+
+
 def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Consecutive slices of ``batch_size`` indices; the last may be shorter."""
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

@@ -61,7 +61,7 @@ import numpy as np
 import optax
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, default_cache_dir, to_float32
+from impls.data import FashionMNIST, check_order, default_cache_dir, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 
 CACHE_DIR_ENV = "FMBENCH_JAX_CACHE_DIR"
@@ -470,11 +470,7 @@ class JaxTrainer:
         return self._epochs[length]
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
-        order = np.asarray(order)
-        if len(order) == 0:
-            raise ValueError("an epoch needs at least one example")
-        if order.min() < 0 or order.max() >= self._num_train:
-            raise ValueError(f"order holds indices outside 0..{self._num_train - 1}")
+        order = check_order(order, self._num_train)
         program = self._epoch_program(len(order))
         order_on_device = jax.device_put(order.astype(np.int32), self._device)
         self._params, self._opt_state, loss_sums, corrects = program(

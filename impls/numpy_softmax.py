@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from impls.config import TrainConfig
-from impls.data import NUM_CLASSES, FashionMNIST, batch_bounds, to_float32
+from impls.data import NUM_CLASSES, FashionMNIST, batch_bounds, check_order, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 
 EVAL_BATCH = 2048
@@ -71,16 +71,34 @@ def sgd_update(params: Params, grads: Params, lr: float) -> Params:
     return Params(params.weights - lr32 * grads.weights, params.bias - lr32 * grads.bias)
 
 
+IMAGE_BUFFERS = 3
+
+
 class Workspace:
-    """Buffers one training step reuses, sized for the largest batch."""
+    """Buffers the training steps reuse, sized for the largest batch.
+
+    The float32 images rotate through :data:`IMAGE_BUFFERS` buffers. With two
+    BLAS threads the other core reads part of each batch's images into its own
+    cache, and converting the next batch into that same buffer must first take
+    those lines back from it: the conversion took 21 ms an epoch instead of 11
+    (perf_counter around each statement). With three buffers the other core's
+    copies have left its cache by the time a buffer comes round again: epoch
+    73.6 -> 62.8 ms (epochs of both variants interleaved in one process).
+    """
 
     def __init__(self, batch_size: int, num_inputs: int, num_outputs: int) -> None:
         self.pixels = np.empty((batch_size, num_inputs), dtype=np.uint8)
-        self.images = np.empty((batch_size, num_inputs), dtype=np.float32)
+        self._images = np.empty((IMAGE_BUFFERS, batch_size, num_inputs), dtype=np.float32)
+        self._turn = 0
         self.logits = np.empty((batch_size, num_outputs), dtype=np.float32)
         self.probs = np.empty((batch_size, num_outputs), dtype=np.float32)
         self.grad_weights = np.empty((num_inputs, num_outputs), dtype=np.float32)
         self.rows = np.arange(batch_size)
+
+    def next_images(self, n: int) -> np.ndarray:
+        """The next image buffer of the ring, its first ``n`` rows."""
+        self._turn = (self._turn + 1) % IMAGE_BUFFERS
+        return self._images[self._turn, :n]
 
 
 def sgd_step(
@@ -95,7 +113,12 @@ def sgd_step(
     loss and its number of correct predictions.
     """
     n = len(labels)
-    images, logits, probs, rows = work.images[:n], work.logits[:n], work.probs[:n], work.rows[:n]
+    images, logits, probs, rows = (
+        work.next_images(n),
+        work.logits[:n],
+        work.probs[:n],
+        work.rows[:n],
+    )
     # Division, not multiplication by 1/255: bit-for-bit the float32 x/255 of to_float32.
     np.divide(pixels, np.float32(255), out=images, dtype=np.float32)
     np.matmul(images, params.weights, out=logits)
@@ -141,13 +164,17 @@ class NumpyTrainer:
         return self._threads.limit(limits=self._config.threads, user_api="blas")
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
+        order = check_order(order, len(self._train_y))
         batch = self._config.batch_size
         total_loss, correct = 0.0, 0
         with self._limit_threads():
             for start in range(0, len(order), batch):
                 index = order[start : start + batch]
                 pixels = self._work.pixels[: len(index)]
-                np.take(self._train_pixels, index, axis=0, out=pixels)
+                # mode="clip": under the default "raise", np.take gathers into a
+                # temporary and copies it into out (numpy's docs). The order was
+                # checked above, so nothing is clipped. 12.2 -> 7.0 ms an epoch.
+                np.take(self._train_pixels, index, axis=0, out=pixels, mode="clip")
                 loss_sum, batch_correct = sgd_step(
                     self._params, pixels, self._train_y[index], self._config.lr, self._work
                 )

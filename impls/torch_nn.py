@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, batch_bounds
+from impls.data import FashionMNIST, batch_bounds, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     apply_threads,
@@ -51,6 +51,7 @@ class TorchNNTrainer:
         self._optimizer = torch.optim.SGD(self._net.parameters(), lr=config.lr)
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
+        order = check_order(order, len(self._train_y))
         apply_threads(self._config.threads)
         self._net.train()
         index = torch.as_tensor(order, dtype=torch.int64).to(self._device)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, batch_bounds
+from impls.data import FashionMNIST, batch_bounds, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     apply_threads,
@@ -102,6 +102,7 @@ class TorchScratchTrainer:
         self._bias = torch.tensor(params.bias, device=self._device, requires_grad=True)
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
+        order = check_order(order, len(self._train_y))
         apply_threads(self._config.threads)
         index = torch.as_tensor(order, dtype=torch.int64).to(self._device)
         batch_loss_sums: list[torch.Tensor] = []

@@ -171,6 +171,34 @@ def test_absent_device_is_a_clear_error(impl, default_config, tiny_data):
     assert all(name in message for name in present), f"available devices not named: {message}"
 
 
+@pytest.mark.parametrize(
+    "impl", _param([impl for impl in REGISTRY.values() if impl.follows_shared_order])
+)
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        ("past_the_end", r"indices outside 0\.\.\d+"),
+        ("negative", r"indices outside 0\.\.\d+"),
+        ("float", "integer indices"),
+        ("empty", "non-empty 1-D"),
+    ],
+)
+def test_bad_order_is_a_clear_error(impl, order, message, tiny_data, default_config):
+    """An order the shared MinibatchOrder could never produce is refused before training."""
+    trainer = build(impl, tiny_data, default_config)
+    n = tiny_data.num_train
+    bad = {
+        "past_the_end": np.array([0, 1, n]),
+        "negative": np.array([0, -1, 2]),
+        "float": np.arange(n, dtype=np.float64),
+        "empty": np.array([], dtype=np.int64),
+    }[order]
+    with pytest.raises(ValueError, match=message):
+        trainer.train_epoch(bad)
+    params = trainer.parameters()  # nothing was trained
+    np.testing.assert_array_equal(params.weights, init_params(default_config).weights)
+
+
 @pytest.mark.parametrize("impl", ALL)
 def test_runtime_info_reports_threads_and_device(impl, tiny_data):
     config = TrainConfig(threads=1)

@@ -37,6 +37,7 @@ from impls.data import (
     IdxFile,
     MinibatchOrder,
     batch_bounds,
+    check_order,
     class_names,
     encode_idx,
     fetch,
@@ -951,3 +952,17 @@ def test_resize_matches_torchvision_resize_within_one_grey_level(real_data, size
     difference = np.abs(ours - reference)
     assert difference.max() <= 1 / 255 + 1e-6  # the tolerance resize_images documents
     assert (difference > 0).mean() < 0.25  # off by one grey level only now and then
+
+
+def test_check_order_accepts_a_permutation_and_refuses_the_rest():
+    order = MinibatchOrder(100, 32, seed=0).epoch(0)
+    np.testing.assert_array_equal(check_order(list(order), 100), order)
+    for bad, message in (
+        (np.array([0, 100]), r"outside 0\.\.99 \(from 0 to 100\)"),
+        (np.array([-1, 5]), r"outside 0\.\.99 \(from -1 to 5\)"),
+        (np.array([0.0, 1.0]), "integer indices, got float64"),
+        (np.zeros((2, 2), dtype=np.int64), r"1-D array .* shape \(2, 2\)"),
+        (np.array([], dtype=np.int64), "non-empty"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_order(bad, 100)

@@ -141,14 +141,15 @@ def test_default_ten_epochs_reach_the_seed_accuracy(real_data, default_config):
 def test_in_place_step_is_bitwise_the_pure_functions():
     rng = np.random.default_rng(7)
     params = _random_params(rng)
-    for n in (256, 96):  # a full batch and a short last one reuse the same workspace
+    work = npsm.Workspace(256, 784, 10)
+    # Full and short batches, more steps than image buffers, all through one workspace.
+    for n in (256, 96, 256, 256, 1):
         pixels = rng.integers(0, 256, (n, 784), dtype=np.uint8)
         labels = rng.integers(0, 10, n)
         images = pixels.astype(np.float32) / np.float32(255)
         losses, logits, grads = npsm.loss_and_grads(params, images, labels)
         expected = npsm.sgd_update(params, grads, lr=0.1)
         stepped = Params(params.weights.copy(), params.bias.copy())
-        work = npsm.Workspace(256, 784, 10)
         loss_sum, correct = npsm.sgd_step(stepped, pixels, labels, 0.1, work)
         assert stepped.weights.tobytes() == expected.weights.tobytes()
         assert stepped.bias.tobytes() == expected.bias.tobytes()
