@@ -41,6 +41,18 @@ def _protocol_stream():
     return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
 
 
+def _own_peak_rss_linux() -> int | None:
+    """This process's peak resident set size since it started its program (VmHWM), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _peak_rss() -> tuple[int | None, int | None]:
     """Peak resident set size in bytes of this process and of its largest child."""
     try:
@@ -53,7 +65,10 @@ def _peak_rss() -> tuple[int | None, int | None]:
         except Exception:
             return None, None
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    # On Linux ru_maxrss survives execve: a worker started from a pytest process
+    # holding the 188 MB float32 training set would report that process's size as
+    # its own peak. VmHWM belongs to the worker's own program only.
+    own = _own_peak_rss_linux() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
     return int(own), int(children)
 

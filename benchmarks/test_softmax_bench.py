@@ -31,7 +31,9 @@ def _memory(worker: harness.Worker) -> dict:
     return {
         "peak_rss_bytes": info["peak_rss_bytes"],
         "peak_rss_children_bytes": info["peak_rss_children_bytes"],
-        "memory_scope": "worker process running only this implementation (ru_maxrss)",
+        "memory_scope": (
+            "worker process running only this implementation (VmHWM on Linux, else ru_maxrss)"
+        ),
     }
 
 

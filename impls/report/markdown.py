@@ -118,7 +118,8 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         f"the target; *not reached* within the {epochs or '?'} epochs otherwise."
     )
     lines.append(
-        "- **Memory**: peak resident set size (`ru_maxrss`) of the implementation's own "
+        "- **Memory**: peak resident set size (`VmHWM` on Linux, else `ru_maxrss`) of the "
+        "implementation's own "
         "worker process, which runs nothing else: Python, the framework, the uint8 dataset "
         "(55 MB) and the implementation's copies of it. Child processes (DataLoader workers, "
         "forked from the worker and sharing most of its pages) are not added."
