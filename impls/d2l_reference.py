@@ -42,6 +42,7 @@ from impls.torch_support import (
     available_devices,
     build_net,
     device_name,
+    evaluate_batches,
     host_sum,
     linear_params,
     resolve_device,
@@ -151,18 +152,12 @@ class D2LReferenceTrainer:
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
         self._net.eval()
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        seen = 0
-        with torch.no_grad():
-            for images, labels in self._test_iter:
-                images, labels = images.to(self._device), labels.to(self._device)
-                logits = self._net(images)
-                batch_loss_sums.append(self._loss(logits, labels).sum())
-                correct += (logits.argmax(dim=1) == labels).sum()
-                seen += len(labels)
-        synchronize(self._device)
-        return Evaluation(host_sum(batch_loss_sums) / seen, int(correct) / seen)
+        return evaluate_batches(
+            self._test_iter,
+            self._net,
+            lambda logits, labels: self._loss(logits, labels).sum(),
+            self._device,
+        )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         apply_threads(self._config.threads)

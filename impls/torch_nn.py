@@ -16,24 +16,24 @@ import torch
 from torch import nn
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, batch_bounds, check_order
+from impls.data import FashionMNIST, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     apply_threads,
     available_devices,
     build_net,
+    evaluate_batches,
     flat_images,
     host_sum,
     linear_params,
     resolve_device,
     runtime_info,
     synchronize,
+    tensor_batches,
     to_device,
 )
 
 __all__ = ["available_devices", "make_trainer"]
-
-EVAL_BATCH = 2048
 
 
 class TorchNNTrainer:
@@ -76,17 +76,9 @@ class TorchNNTrainer:
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
         self._net.eval()
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        with torch.no_grad():
-            for start, stop in batch_bounds(len(self._test_y), EVAL_BATCH):
-                logits = self._net(self._test_x[start:stop])
-                labels = self._test_y[start:stop]
-                batch_loss_sums.append(self._summed_loss(logits, labels))
-                correct += (logits.argmax(dim=1) == labels).sum()
-        synchronize(self._device)
-        num_test = len(self._test_y)
-        return Evaluation(host_sum(batch_loss_sums) / num_test, int(correct) / num_test)
+        return evaluate_batches(
+            tensor_batches(self._test_x, self._test_y), self._net, self._summed_loss, self._device
+        )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         apply_threads(self._config.threads)

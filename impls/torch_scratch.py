@@ -15,22 +15,22 @@ import numpy as np
 import torch
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, batch_bounds, check_order
+from impls.data import FashionMNIST, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     apply_threads,
     available_devices,
+    evaluate_batches,
     flat_images,
     host_sum,
     resolve_device,
     runtime_info,
     synchronize,
+    tensor_batches,
     to_device,
 )
 
 __all__ = ["available_devices", "make_trainer"]
-
-EVAL_BATCH = 2048
 
 # ---------------------------------------------------------------------- maths
 
@@ -124,17 +124,12 @@ class TorchScratchTrainer:
 
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        with torch.no_grad():
-            for start, stop in batch_bounds(len(self._test_y), EVAL_BATCH):
-                logits = net(self._weights_t.t(), self._bias, self._test_x[start:stop])
-                labels = self._test_y[start:stop]
-                batch_loss_sums.append(cross_entropy(logits, labels).sum())
-                correct += accuracy(logits, labels)
-        synchronize(self._device)
-        num_test = len(self._test_y)
-        return Evaluation(host_sum(batch_loss_sums) / num_test, int(correct) / num_test)
+        return evaluate_batches(
+            tensor_batches(self._test_x, self._test_y),
+            lambda images: net(self._weights_t.t(), self._bias, images),
+            lambda logits, labels: cross_entropy(logits, labels).sum(),
+            self._device,
+        )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         apply_threads(self._config.threads)

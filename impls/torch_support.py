@@ -6,15 +6,18 @@ import it, so importing it without torch installed is never attempted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from impls.data import FashionMNIST, to_float32
-from impls.protocol import Params
+from impls.data import FashionMNIST, batch_bounds, to_float32
+from impls.protocol import Evaluation, Params
 from impls.training import NUM_INPUTS, NUM_OUTPUTS
+
+EVAL_BATCH = 2048  # test examples per evaluation batch when the test set is on the device
 
 
 def available_devices() -> list[str]:
@@ -99,6 +102,40 @@ def host_sum(batch_loss_sums: list[torch.Tensor]) -> float:
     """The sum of per-batch loss sums, added up in float64 on the host."""
     # One transfer per epoch instead of a sync per batch; float64 because MPS has none.
     return float(torch.stack(batch_loss_sums).cpu().double().sum())
+
+
+def tensor_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive (images, labels) slices of tensors already on their device."""
+    for start, stop in batch_bounds(len(labels), batch_size):
+        yield images[start:stop], labels[start:stop]
+
+
+def evaluate_batches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> Evaluation:
+    """Mean loss and accuracy over ``batches``, without gradients (the book's evaluate_accuracy).
+
+    ``logits_of(images)`` gives a batch's logits and ``loss_sum(logits, labels)`` its
+    summed loss; batches not yet on ``device`` are moved there. Sums stay on the
+    device until the end: one transfer, not one per batch.
+    """
+    batch_loss_sums: list[torch.Tensor] = []
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            logits = logits_of(images)
+            batch_loss_sums.append(loss_sum(logits, labels))
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+    synchronize(device)
+    return Evaluation(host_sum(batch_loss_sums) / seen, int(correct) / seen)
 
 
 def build_net(params: Params, device: torch.device) -> nn.Sequential:
