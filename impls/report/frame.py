@@ -48,8 +48,9 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     batch_size, median_s, q1_s, q3_s, iqr_s, rounds, min_s, max_s,
     examples_per_s, first_epoch_s, final_test_accuracy, time_to_accuracy_s,
     peak_rss_mib, speedup_vs_baseline, limit_multiple, startup, what, build_s,
-    compile_s, floor_s (the compute row: an epoch's products at its rate),
-    floor_multiple (epoch rows: median / floor_s), and, when a previous run
+    compile_s, flops_per_s and floor_s (the compute row: its rate, and an epoch's
+    products at that rate), floor_multiple (epoch rows: median / floor_s), and,
+    when a previous run
     matches, previous_median_s, delta_s, delta_pct, noise_s, verdict. Start-up
     rows give the median over their rounds of ``first_epoch_s``, ``build_s`` and
     ``compile_s`` where they have them.
@@ -60,7 +61,9 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     rows = []
     for index, run in enumerate(runs):
         limit = run.limit
-        floor = _floor_seconds(run.compute)
+        compute = run.compute
+        rate = compute.info["flops_per_call"] / compute.median if compute else None
+        floor = compute.info["epoch_flops"] / rate if compute else None
         baselines = {
             e.info["device"]: e.median for e in run.of_kind("epoch") if e.implementation == BASELINE
         }
@@ -100,6 +103,7 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
                 "what": info.get("what"),
                 "build_s": _median(info.get("build_seconds")),
                 "compile_s": _median(info.get("compile_seconds")),
+                "flops_per_s": rate if entry.kind == "compute" else None,
                 "floor_s": floor if entry.kind == "compute" else None,
                 "floor_multiple": None,
             }
@@ -122,14 +126,6 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
         if column not in frame:
             frame[column] = None
     return frame
-
-
-def _floor_seconds(compute: Entry | None) -> float | None:
-    """An epoch's matrix products at the rate of the compute-floor measurement."""
-    if compute is None:
-        return None
-    rate = compute.info["flops_per_call"] / compute.median
-    return compute.info["epoch_flops"] / rate
 
 
 def _median(values: Any) -> float | None:

@@ -342,14 +342,13 @@ def _floor_lines(runs: Sequence[Run], frame, multi: bool) -> list[str]:
         run = runs[int(row["run"])]
         compute, limit = run.compute, run.limit
         threads = compute.info["threads"]
-        rate = compute.info["flops_per_call"] / compute.median
         size = round((compute.info["flops_per_call"] / 2) ** (1 / 3))
         text = (
             f"{'- ' if multi else ''}Compute floor{f' ({row.machine})' if multi else ''}: "
             "an epoch's matrix products "
             f"(x @ W and the weight gradient, {_num(compute.info['epoch_flops'] / 1e9)} GFLOP) "
             f"take {_num(1000 * row['floor_s'])} ms at this machine's best float32 rate "
-            f"({_num(rate / 1e9)} GFLOP/s: one {size} × {size} product, {threads} "
+            f"({_num(row['flops_per_s'] / 1e9)} GFLOP/s: one {size} × {size} product, {threads} "
             f"thread{'s' if threads != 1 else ''})"
         )
         if limit is not None:
