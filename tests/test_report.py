@@ -60,119 +60,101 @@ def _nodeid(test: str, param: str) -> str:
     return f"benchmarks/test_softmax_bench.py::{test}[{param}]"
 
 
-def _epoch_entry(impl: str, median: float, iqr: float = 0.0) -> dict:
-    nodeid = _nodeid("test_epoch", f"{impl}-cpu")
+def _entry(nodeid: str, group: str, stats: dict, **info: object) -> dict:
+    """One benchmark as pytest-benchmark writes it, with fmbench's extra_info."""
     return {
-        "group": "epoch",
+        "group": group,
         "name": nodeid.split("::")[1],
         "fullname": nodeid,
-        "params": None,
-        "param": f"{impl}-cpu",
-        "options": {},
-        "stats": _stats(median, iqr),
-        "extra_info": {
-            "kind": "epoch",
-            "implementation": impl,
-            "device": "cpu",
-            "threads": 2,
-            "batch_size": 256,
-            "runtime": {"device": "cpu", "threads": 2},
-            "build_seconds": 0.1,
-            "epochs": 10,
-            "timed_rounds": 9,
-            "first_epoch_seconds": 2 * median,
-            "num_train": NUM_TRAIN,
-            "examples_per_second": NUM_TRAIN / median,
-            "final_test_accuracy": 0.84,
-            "target_accuracy": 0.82,
-            "time_to_accuracy_seconds": 8 * median,
-            "history": _history(median),
-            "predictions": [0] * 18,
-            "peak_rss_bytes": 300 * 2**20,
-            "peak_rss_children_bytes": 0,
-        },
+        "stats": stats,
+        "extra_info": {"device": "cpu", "threads": 2, **info},
     }
+
+
+def _epoch_entry(impl: str, median: float, iqr: float = 0.0) -> dict:
+    entry = _entry(
+        _nodeid("test_epoch", f"{impl}-cpu"),
+        "epoch",
+        _stats(median, iqr),
+        kind="epoch",
+        implementation=impl,
+        batch_size=256,
+        runtime={"device": "cpu", "threads": 2},
+        build_seconds=0.1,
+        epochs=10,
+        timed_rounds=9,
+        first_epoch_seconds=2 * median,
+        num_train=NUM_TRAIN,
+        examples_per_second=NUM_TRAIN / median,
+        final_test_accuracy=0.84,
+        target_accuracy=0.82,
+        time_to_accuracy_seconds=8 * median,
+        history=_history(median),
+        predictions=[0] * 18,
+        peak_rss_bytes=300 * 2**20,
+        peak_rss_children_bytes=0,
+    )
+    return {**entry, "params": None, "param": f"{impl}-cpu", "options": {}}
 
 
 def _sweep_entry(impl: str, kind: str, value: int, median: float) -> dict:
     param = f"{impl}-cpu-{'batch' if kind == 'batch' else 'threads'}{value}"
     test = "test_sweep_batch_size" if kind == "batch" else "test_sweep_threads"
-    nodeid = _nodeid(test, param)
-    return {
-        "group": report.GROUP_KINDS[kind],
-        "name": nodeid.split("::")[1],
-        "fullname": nodeid,
-        "stats": _stats(median, median / 50, rounds=5),
-        "extra_info": {
-            "kind": kind,
-            "implementation": impl,
-            "device": "cpu",
-            "threads": value if kind == "threads" else 2,
-            "batch_size": value if kind == "batch" else 256,
-            "num_train": NUM_TRAIN,
-            "first_epoch_seconds": median,
-            "final_test_accuracy": 0.8,
-        },
-    }
+    return _entry(
+        _nodeid(test, param),
+        report.GROUP_KINDS[kind],
+        _stats(median, median / 50, rounds=5),
+        kind=kind,
+        implementation=impl,
+        threads=value if kind == "threads" else 2,
+        batch_size=value if kind == "batch" else 256,
+        num_train=NUM_TRAIN,
+        first_epoch_seconds=median,
+        final_test_accuracy=0.8,
+    )
 
 
 def _limit_entry(median: float = 0.012) -> dict:
-    return {
-        "group": "epoch",
-        "name": "test_read_limit",
-        "fullname": "benchmarks/test_softmax_bench.py::test_read_limit",
-        "stats": _stats(median, median / 20, rounds=30),
-        "extra_info": {
-            "kind": "limit",
-            "implementation": "limit",
-            "device": "cpu",
-            "bytes": NUM_TRAIN * 784 * 4,
-            "threads": 2,
-            "batch_size": None,
-        },
-    }
+    return _entry(
+        "benchmarks/test_softmax_bench.py::test_read_limit",
+        "epoch",
+        _stats(median, median / 20, rounds=30),
+        kind="limit",
+        implementation="limit",
+        bytes=NUM_TRAIN * 784 * 4,
+        batch_size=None,
+    )
+
+
+def _compute_entry(median: float = 0.08) -> dict:
+    return _entry(
+        "benchmarks/test_softmax_bench.py::test_compute_floor",
+        "compute floor",
+        _stats(median, median / 100, rounds=30),
+        kind="compute",
+        implementation="compute",
+        batch_size=None,
+        flops_per_call=2 * 2048**3,
+        epoch_flops=4 * NUM_TRAIN * 784 * 10,
+    )
 
 
 STARTUP_TESTS = {"load-cache": "test_load_from_cache", "cli-train": "test_cli_train"}
 
 
-def _compute_entry(median: float = 0.08) -> dict:
-    return {
-        "group": "compute floor",
-        "name": "test_compute_floor",
-        "fullname": "benchmarks/test_softmax_bench.py::test_compute_floor",
-        "stats": _stats(median, median / 100, rounds=30),
-        "extra_info": {
-            "kind": "compute",
-            "implementation": "compute",
-            "device": "cpu",
-            "threads": 2,
-            "batch_size": None,
-            "flops_per_call": 2 * 2048**3,
-            "epoch_flops": 4 * NUM_TRAIN * 784 * 10,
-        },
-    }
-
-
 def _startup_entry(name: str, impl: str, median: float, **details: object) -> dict:
     test = STARTUP_TESTS.get(name, "test_compile")
-    nodeid = f"benchmarks/test_startup_bench.py::{test}[{impl}-cpu-{name}]"
-    return {
-        "group": "start-up",
-        "name": nodeid.split("::")[1],
-        "fullname": nodeid,
-        "stats": _stats(median, median / 50, rounds=5),
-        "extra_info": {
-            "kind": "startup",
-            "startup": name,
-            "implementation": impl,
-            "device": "cpu",
-            "threads": 2,
-            "batch_size": None,
-            "what": f"timed: {name}",
-            **details,
-        },
-    }
+    return _entry(
+        f"benchmarks/test_startup_bench.py::{test}[{impl}-cpu-{name}]",
+        "start-up",
+        _stats(median, median / 50, rounds=5),
+        kind="startup",
+        startup=name,
+        implementation=impl,
+        batch_size=None,
+        what=f"timed: {name}",
+        **details,
+    )
 
 
 def _startup_entries(compile_warm_median: float) -> list[dict]:
