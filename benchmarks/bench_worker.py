@@ -57,13 +57,8 @@ def _peak_rss() -> tuple[int | None, int | None]:
     """Peak resident set size in bytes of this process and of its largest child."""
     try:
         import resource
-    except ImportError:  # Windows: psutil's peak working set, no children figure
-        try:
-            import psutil
-
-            return int(psutil.Process().memory_info().peak_wset), None
-        except Exception:
-            return None, None
+    except ImportError:  # Windows: no peak figure without a platform-specific API
+        return None, None
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     # On Linux ru_maxrss survives execve: a worker started from a pytest process
     # holding the 188 MB float32 training set would report that process's size as
@@ -73,30 +68,18 @@ def _peak_rss() -> tuple[int | None, int | None]:
     return int(own), int(children)
 
 
-def _current_rss() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return None
-
-
 def _framework_info() -> dict[str, object]:
     """Versions, threads and devices of whatever frameworks this process has imported."""
     info: dict[str, object] = {}
-    try:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        info["threadpools"] = [
-            {
-                key: pool.get(key)
-                for key in ("user_api", "internal_api", "version", "num_threads", "prefix")
-            }
-            for pool in threadpool_info()
-        ]
-    except Exception as error:  # threadpoolctl is optional here
-        info["threadpools_error"] = repr(error)
+    info["threadpools"] = [
+        {
+            key: pool.get(key)
+            for key in ("user_api", "internal_api", "version", "num_threads", "prefix")
+        }
+        for pool in threadpool_info()
+    ]
     torch = sys.modules.get("torch")
     if torch is not None:
         entry: dict[str, object] = {
@@ -124,7 +107,11 @@ def _framework_info() -> dict[str, object]:
 
 
 class Server:
-    """Holds the dataset and at most one trainer; answers requests in order."""
+    """Holds the dataset and at most one trainer; answers requests in order.
+
+    Epochs run through :class:`impls.training.EpochRunner`, the loop ``fmbench
+    train`` uses: the same order, divergence check, clock and records.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         from impls.data import load_fashion_mnist
@@ -134,11 +121,8 @@ class Server:
         self.data = load_fashion_mnist(args.data_dir, download=False)
         self.load_seconds = time.perf_counter() - start
         self.module = None
-        self.trainer = None
-        self.config = None
-        self.order = None
-        self.pending_order = None
-        self.pending_epoch = 0
+        self.import_seconds = None
+        self.runner = None
 
     # Each handler returns the reply's fields.
 
@@ -157,7 +141,8 @@ class Server:
 
         start = time.perf_counter()
         self.module = registry.get(self.impl).load()
-        return {"import_seconds": time.perf_counter() - start}
+        self.import_seconds = time.perf_counter() - start
+        return {"import_seconds": self.import_seconds}
 
     def cmd_devices(self) -> dict[str, object]:
         # Only after a build: JAX fixes its thread pools when this first runs.
@@ -165,61 +150,50 @@ class Server:
 
     def cmd_build(self, config: dict) -> dict[str, object]:
         from impls.config import TrainConfig
-        from impls.data import MinibatchOrder
-        from impls.training import init_params
+        from impls.training import EpochRunner, init_params
 
         if self.module is None:
             self.cmd_load()
-        self.trainer = None
+        self.runner = None
         gc.collect()
-        self.config = TrainConfig(**config).resolved()
-        self.order = MinibatchOrder(self.data.num_train, self.config.batch_size, self.config.seed)
+        resolved = TrainConfig(**config).resolved()
         start = time.perf_counter()
-        self.trainer = self.module.make_trainer(self.data, init_params(self.config), self.config)
+        trainer = self.module.make_trainer(self.data, init_params(resolved), resolved)
         seconds = time.perf_counter() - start
+        self.runner = EpochRunner(trainer, resolved, self.data.num_train)
         return {
             "build_seconds": seconds,
-            "config": self.config.as_dict(),
-            "runtime": dict(self.trainer.runtime_info()),
+            "import_seconds": self.import_seconds,
+            "config": resolved.as_dict(),
+            "runtime": dict(trainer.runtime_info()),
         }
 
-    def cmd_prepare(self, epoch: int) -> dict[str, object]:
-        """Compute ``epoch``'s shared order now, so that ``train`` times training only."""
-        self.pending_order = self.order.epoch(epoch)
-        self.pending_epoch = epoch
+    def cmd_prepare(self) -> dict[str, object]:
+        """Draw the next epoch's shared order now, so that ``train`` times training only."""
+        self.runner.prepare()
         return {}
 
     def cmd_train(self) -> dict[str, object]:
-        from impls.training import check_finite
-
-        if self.pending_order is None:
-            raise RuntimeError("train without prepare: no minibatch order")
-        order, self.pending_order = self.pending_order, None
-        start = time.perf_counter()
-        stats = self.trainer.train_epoch(order)
-        seconds = time.perf_counter() - start
-        check_finite(stats.loss, self.pending_epoch + 1, self.config)
-        return {"loss": stats.loss, "accuracy": stats.accuracy, "seconds": seconds}
+        return {"record": self.runner.train().as_dict()}
 
     def cmd_evaluate(self) -> dict[str, object]:
-        start = time.perf_counter()
-        evaluation = self.trainer.evaluate()
-        return {
-            "loss": evaluation.loss,
-            "accuracy": evaluation.accuracy,
-            "seconds": time.perf_counter() - start,
-        }
+        return {"record": self.runner.evaluate().as_dict()}
+
+    def cmd_history(self) -> dict[str, object]:
+        return {"history": [record.as_dict() for record in self.runner.history]}
 
     def cmd_predict(self, count: int) -> dict[str, object]:
-        predictions = self.trainer.predict(self.data.test_images[:count])
+        predictions = self.runner.trainer.predict(self.data.test_images[:count])
         return {"predictions": [int(p) for p in predictions]}
 
     def cmd_info(self) -> dict[str, object]:
+        import psutil
+
         own, children = _peak_rss()
         return {
             "peak_rss_bytes": own,
             "peak_rss_children_bytes": children,
-            "rss_bytes": _current_rss(),
+            "rss_bytes": int(psutil.Process().memory_info().rss),
             "frameworks": _framework_info(),
         }
 

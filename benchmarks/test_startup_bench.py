@@ -23,31 +23,34 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import harness
+import bench_cases
+import bench_workers
 import pytest
+from bench_options import Settings
 
 from impls.config import TrainConfig
 from impls.data import load_fashion_mnist
+from impls.results import StartupResult, to_extra_info
 
 pytestmark = pytest.mark.startup
 
 
-def _startup_info(case: harness.StartupCase, what: str, **details: object) -> dict:
-    return {
-        "kind": "startup",
-        "startup": case.name,
-        "implementation": case.impl,
-        "device": case.device,
-        "threads": case.threads,
-        "batch_size": None,
-        "what": what,
+def _startup_info(case: bench_cases.StartupCase, what: str, **details: object) -> dict:
+    """The ``extra_info`` of a start-up measurement."""
+    result = StartupResult(
+        startup=case.name,
+        implementation=case.impl,
+        device=case.device,
+        threads=case.threads,
+        what=what,
         **details,
-    }
+    )
+    return to_extra_info(result)
 
 
-def test_load_from_cache(benchmark, settings: harness.Settings, dataset, load_case) -> None:
+def test_load_from_cache(benchmark, settings: Settings, dataset, load_case) -> None:
     """The four files from the cache, verified: what every run pays before training."""
-    benchmark.group = harness.GROUP_STARTUP
+    benchmark.group = load_case.group
     data = benchmark.pedantic(
         load_fashion_mnist,
         args=(settings.data_dir,),
@@ -66,11 +69,11 @@ def test_load_from_cache(benchmark, settings: harness.Settings, dataset, load_ca
     assert data.num_train == dataset.num_train
 
 
-def test_cli_train(benchmark, settings: harness.Settings, dataset, cli_case, tmp_path) -> None:
+def test_cli_train(benchmark, settings: Settings, dataset, cli_case, tmp_path) -> None:
     """``fmbench train IMPL``, a fresh process each round, as a user runs it."""
     case = cli_case
-    benchmark.group = harness.GROUP_STARTUP
-    reason = harness.missing_reason(case.impl)
+    benchmark.group = case.group
+    reason = bench_workers.missing_reason(case.impl)
     if reason:
         pytest.skip(f"{case.impl}: {reason}")
     arguments = ["train", case.impl, "--quiet", "--threads", str(case.threads)]
@@ -82,8 +85,8 @@ def test_cli_train(benchmark, settings: harness.Settings, dataset, cli_case, tmp
     def run_command() -> None:
         done = subprocess.run(
             command,
-            env=harness.worker_env(case.threads),
-            cwd=harness.REPO_ROOT,
+            env=bench_workers.worker_env(case.threads),
+            cwd=bench_workers.REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=settings.worker_timeout,
@@ -117,29 +120,27 @@ def _summary_line(stdout: str) -> str:
     return next((line for line in lines if "final test accuracy" in line), fallback)
 
 
-def test_compile(
-    benchmark, settings: harness.Settings, dataset, compile_case, tmp_path_factory
-) -> None:
+def test_compile(benchmark, settings: Settings, dataset, compile_case, tmp_path_factory) -> None:
     """Trainer build (compilation) plus the first epoch, with a cold or a warm cache."""
     case = compile_case
-    benchmark.group = harness.GROUP_STARTUP
-    reason = harness.missing_reason(case.impl)
+    benchmark.group = case.group
+    reason = bench_workers.missing_reason(case.impl)
     if reason:
         pytest.skip(f"{case.impl}: {reason}")
     cold = case.name == "compile-cold"
     root = tmp_path_factory.mktemp(f"{case.impl}-compile-cache")
     config = {"device": case.device, "threads": case.threads, "batch_size": settings.batch_size}
     rounds: list[dict] = []
-    current: dict[str, harness.Worker] = {}
+    current: dict[str, bench_workers.Worker] = {}
 
-    def start_worker(cache_dir) -> harness.Worker:
-        worker = harness.Worker(
+    def start_worker(cache_dir) -> bench_workers.Worker:
+        worker = bench_workers.Worker(
             case.impl,
             case.device,
             case.threads,
             data_dir=settings.data_dir,
             timeout=settings.worker_timeout,
-            env={harness.COMPILE_CACHE_ENV[case.impl]: str(cache_dir)},
+            env={bench_cases.COMPILE_CACHE_ENV[case.impl]: str(cache_dir)},
         )
         worker.request("load")  # the framework's import: not what this measures
         return worker
@@ -152,24 +153,23 @@ def test_compile(
 
     def build_and_first_epoch() -> None:
         worker = current["worker"]
-        build = harness.request_build(worker, config)
-        worker.request("prepare", epoch=0)
-        epoch = worker.request("train")
-        rounds.append({"build": build, "first_epoch_seconds": epoch["seconds"]})
+        build = bench_workers.request_build(worker, config)
+        epoch = worker.request("train")["record"]
+        rounds.append({"build": build, "first_epoch_seconds": epoch["train_seconds"]})
 
     try:
         if not cold:  # fill the shared cache once, untimed
             filler = start_worker(root / "shared")
             try:
-                harness.request_build(filler, config)
+                bench_workers.request_build(filler, config)
             finally:
                 filler.close()
         benchmark.pedantic(
             build_and_first_epoch, setup=setup, rounds=settings.startup_rounds, iterations=1
         )
-    except harness.WorkerSkip as reason:
+    except bench_workers.WorkerSkip as reason:
         pytest.skip(f"{case.impl}: {reason}")
-    except harness.WorkerError as error:
+    except bench_workers.WorkerError as error:
         pytest.fail(str(error), pytrace=False)
     finally:
         if "worker" in current:

@@ -102,7 +102,6 @@ def _check_data_dir(data_dir: Path | None) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Train, print one line per epoch, write the figures and the history."""
     from impls.figures import plot_predictions, plot_training_curves
-    from impls.training import train
 
     implementation = registry.get(args.impl)
     implementation.load()  # fail early, before loading data, if the framework is missing
@@ -115,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             threads=args.threads,
-        ).resolved()
+        )
     except ConfigError as error:
         raise UsageError(str(error)) from None
     data = load_fashion_mnist(args.data_dir)
@@ -141,12 +140,13 @@ def run_train(args: argparse.Namespace) -> int:
         )
 
     try:
-        history, trainer = train(args.impl, data, config, callbacks=[report_epoch])
+        history, trainer = registry.train(args.impl, data, config, callbacks=[report_epoch])
     except ValueError as error:  # e.g. a device that is not present
         raise UsageError(str(error)) from None
     finally:
         bar.close()
     median = statistics.median(history.column("train_seconds"))
+    config = history.config  # resolved: the threads actually asked for
     print(
         f"{implementation.name}: final test accuracy {history.final.test_accuracy:.4f} after "
         f"{config.epochs} epochs; median epoch {median:.3f} s on {config.device} "

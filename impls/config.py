@@ -11,12 +11,25 @@ class ConfigError(ValueError):
     """A configuration value is out of range."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one, else all.
+
+    The one rule for "all cores" (``threads=None``, the bench's default): a
+    container or ``taskset`` that narrows the affinity narrows it here too.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters and run settings; the defaults are the seed's (d2l ch. 3).
 
-    ``threads`` of ``None`` means "all cores" and is resolved by :meth:`resolved`
-    before a run, so every record states the number actually used.
+    ``threads`` of ``None`` means "all usable cores" (:func:`usable_cores`) and is
+    resolved by :meth:`resolved` once, before a run, so every record states the
+    number actually used.
     """
 
     lr: float = 0.1
@@ -45,7 +58,7 @@ class TrainConfig:
         """This config with ``threads`` made explicit."""
         if self.threads is not None:
             return self
-        return replace(self, threads=os.cpu_count() or 1)
+        return replace(self, threads=usable_cores())
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+from impls.training import Callback, History, fit, init_params
 
 if TYPE_CHECKING:
     from impls.config import TrainConfig
@@ -125,3 +128,15 @@ def make_trainer(name: str, data: FashionMNIST, params: Params, config: TrainCon
 def available_devices(name: str) -> list[str]:
     """The devices implementation ``name`` can use on this machine."""
     return list(get(name).load().available_devices())
+
+
+def train(
+    name: str, data: FashionMNIST, config: TrainConfig, *, callbacks: Sequence[Callback] = ()
+) -> tuple[History, Trainer]:
+    """Build implementation ``name`` from the shared initial parameters and ``fit`` it.
+
+    ``config`` is resolved here, once (``threads=None`` becomes the usable cores).
+    """
+    config = config.resolved()
+    trainer = make_trainer(name, data, init_params(config), config)
+    return fit(trainer, data, config, implementation=name, callbacks=callbacks), trainer

@@ -1,25 +1,27 @@
 """The shared training loop (the seed's ``train_ch3``), framework-free.
 
-``fit`` drives any :class:`~impls.protocol.Trainer` through the epochs in the
-shared minibatch order, evaluates after each, times training apart from
-evaluation and stops a diverging run with a clear error.
+:class:`EpochRunner` runs one epoch of any :class:`~impls.protocol.Trainer` in
+the shared minibatch order, stops a diverging run with a clear error, and
+records the epoch as an :class:`~impls.results.EpochRecord`. :func:`fit`
+(behind ``fmbench train``) and the benchmark worker both drive it, so an
+epoch is run, checked, timed and recorded the same way everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, MinibatchOrder
+from impls.data import NUM_CLASSES, NUM_INPUTS, FashionMNIST, MinibatchOrder
 from impls.protocol import Params, Trainer
+from impls.results import EpochRecord
 
-NUM_INPUTS = 28 * 28
-NUM_OUTPUTS = 10
 # A mean cross-entropy this large means confidently wrong by a factor e^1000:
 # with a stable loss, a diverging run can stay finite, so finiteness alone is not enough.
 DIVERGED_LOSS = 1e3
@@ -27,19 +29,6 @@ DIVERGED_LOSS = 1e3
 
 class DivergenceError(RuntimeError):
     """The training loss became non-finite or exploded."""
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One row of the history (epochs counted from 1)."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    test_loss: float
-    test_accuracy: float
-    train_seconds: float
-    eval_seconds: float
 
 
 @dataclass
@@ -63,7 +52,7 @@ class History:
             "implementation": self.implementation,
             "config": self.config.as_dict(),
             "runtime": dict(self.runtime),
-            "records": [asdict(record) for record in self.records],
+            "records": [record.as_dict() for record in self.records],
         }
 
 
@@ -73,8 +62,8 @@ Callback = Callable[[EpochRecord], None]
 def init_params(config: TrainConfig) -> Params:
     """The shared initial parameters: W ~ N(0, init_std^2), b = 0, from ``config.seed``."""
     rng = np.random.default_rng([config.seed, 0])
-    weights = rng.normal(0.0, config.init_std, size=(NUM_INPUTS, NUM_OUTPUTS))
-    return Params(weights.astype(np.float32), np.zeros(NUM_OUTPUTS, dtype=np.float32))
+    weights = rng.normal(0.0, config.init_std, size=(NUM_INPUTS, NUM_CLASSES))
+    return Params(weights.astype(np.float32), np.zeros(NUM_CLASSES, dtype=np.float32))
 
 
 def check_finite(loss: float, epoch: int, config: TrainConfig) -> None:
@@ -86,6 +75,63 @@ def check_finite(loss: float, epoch: int, config: TrainConfig) -> None:
         )
 
 
+class EpochRunner:
+    """Runs a trainer's epochs in the shared order, one at a time, and keeps their records.
+
+    :meth:`prepare` draws the next epoch's order (outside any clock),
+    :meth:`train` trains one epoch and records it, :meth:`evaluate` adds the
+    test figures to the latest record. The seconds in a record are
+    ``time.perf_counter`` around ``train_epoch`` and ``evaluate`` alone.
+    """
+
+    def __init__(self, trainer: Trainer, config: TrainConfig, num_train: int) -> None:
+        self.trainer = trainer
+        self.config = config
+        self.order = MinibatchOrder(num_train, config.seed)
+        self.history: list[EpochRecord] = []
+        self._next_order: np.ndarray | None = None
+
+    def prepare(self) -> None:
+        """Draw the next epoch's order now, so that :meth:`train` times training alone."""
+        self._next_order = self.order.epoch(len(self.history))
+
+    def train(self) -> EpochRecord:
+        """Train the next epoch; a diverging loss raises :class:`DivergenceError`."""
+        if self._next_order is None:
+            self.prepare()
+        order, self._next_order = self._next_order, None
+        start = time.perf_counter()
+        stats = self.trainer.train_epoch(order)
+        seconds = time.perf_counter() - start
+        epoch = len(self.history) + 1
+        check_finite(stats.loss, epoch, self.config)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=stats.loss,
+            train_accuracy=stats.accuracy,
+            test_loss=None,
+            test_accuracy=None,
+            train_seconds=seconds,
+            eval_seconds=None,
+        )
+        self.history.append(record)
+        return record
+
+    def evaluate(self) -> EpochRecord:
+        """Evaluate on the test set; the latest record gets the figures."""
+        start = time.perf_counter()
+        evaluation = self.trainer.evaluate()
+        seconds = time.perf_counter() - start
+        record = dataclasses.replace(
+            self.history[-1],
+            test_loss=evaluation.loss,
+            test_accuracy=evaluation.accuracy,
+            eval_seconds=seconds,
+        )
+        self.history[-1] = record
+        return record
+
+
 def fit(
     trainer: Trainer,
     data: FashionMNIST,
@@ -95,41 +141,10 @@ def fit(
     callbacks: Sequence[Callback] = (),
 ) -> History:
     """Train for ``config.epochs`` epochs, evaluating after each; return the history."""
-    order = MinibatchOrder(data.num_train, config.batch_size, config.seed)
-    history = History(implementation, config, runtime=dict(trainer.runtime_info()))
-    for epoch in range(config.epochs):
-        start = time.perf_counter()
-        stats = trainer.train_epoch(order.epoch(epoch))
-        trained = time.perf_counter()
-        check_finite(stats.loss, epoch + 1, config)
-        evaluation = trainer.evaluate()
-        evaluated = time.perf_counter()
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=stats.loss,
-            train_accuracy=stats.accuracy,
-            test_loss=evaluation.loss,
-            test_accuracy=evaluation.accuracy,
-            train_seconds=trained - start,
-            eval_seconds=evaluated - trained,
-        )
-        history.records.append(record)
+    runner = EpochRunner(trainer, config, data.num_train)
+    for _ in range(config.epochs):
+        runner.train()
+        record = runner.evaluate()
         for callback in callbacks:
             callback(record)
-    return history
-
-
-def train(
-    implementation: str,
-    data: FashionMNIST,
-    config: TrainConfig,
-    *,
-    callbacks: Sequence[Callback] = (),
-) -> tuple[History, Trainer]:
-    """Build ``implementation`` from the shared initial parameters and ``fit`` it."""
-    from impls import registry
-
-    config = config.resolved()
-    trainer = registry.make_trainer(implementation, data, init_params(config), config)
-    history = fit(trainer, data, config, implementation=implementation, callbacks=callbacks)
-    return history, trainer
+    return History(implementation, config, runner.history, dict(trainer.runtime_info()))

@@ -15,6 +15,7 @@ pytest.importorskip("tabulate")
 pytest.importorskip("matplotlib")
 
 from impls import report  # noqa: E402
+from impls.results import SCHEMA, TrainingResult, from_extra_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MISSING_DEVICE = "no-such-device"
@@ -48,13 +49,21 @@ def test_smoke_json(smoke_run: Path) -> None:
     for bench in document["benchmarks"]:
         assert bench["stats"]["median"] > 0
         assert bench["stats"]["rounds"] >= 1
-    epoch = next(b for b in document["benchmarks"] if b["extra_info"]["kind"] == "epoch")
-    info = epoch["extra_info"]
-    assert info["epochs"] == 2 and len(info["history"]) == 2
-    assert [record["epoch"] for record in info["history"]] == [1, 2]
-    assert all(0 < record["test_accuracy"] <= 1 for record in info["history"])
-    assert info["first_epoch_seconds"] > 0 and info["peak_rss_bytes"] > 50 * 2**20
-    assert len(info["predictions"]) == 18
+    assert document["fmbench"]["schema"] == SCHEMA
+    cases = [from_extra_info(b["extra_info"]) for b in document["benchmarks"]]  # all valid
+    epoch = next(case for case in cases if case.kind == "epoch")
+    assert isinstance(epoch, TrainingResult) and epoch.warmup_epochs == 1
+    assert [record.epoch for record in epoch.history] == [1, 2]
+    assert all(0 < record.test_accuracy <= 1 for record in epoch.history)
+    assert epoch.first_epoch_seconds > 0 and epoch.peak_rss_bytes > 50 * 2**20
+    assert len(epoch.predictions) == 18
+    timed = next(b for b in document["benchmarks"] if b["extra_info"]["kind"] == "epoch")
+    # Two clocks, two facts: pytest-benchmark times the request (epoch + pipe round trip),
+    # the record the worker's train_epoch alone.
+    assert timed["stats"]["median"] >= epoch.history[1].train_seconds
+    for sweep in (case for case in cases if case.kind in ("batch", "threads")):
+        assert sweep.history[-1].test_accuracy is not None  # evaluated once, at the end
+        assert all(record.test_accuracy is None for record in sweep.history[:-1])
     machine = document["machine_info"]["fmbench"]
     assert machine["threads"] >= 1 and machine["versions"]["numpy"]
     assert machine["frameworks"]["numpy"]["threads"] == machine["threads"]

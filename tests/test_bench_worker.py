@@ -1,4 +1,4 @@
-"""The benchmark worker's own measurements, checked against what they must not include."""
+"""The benchmark worker: its own measurements, and epochs run by the shared loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import harness
+import bench_workers
+
+from impls.config import TrainConfig
+from impls.registry import train
 
 BIG = 400 * 2**20  # far above a NumPy worker's own peak (about 130 MiB)
 
@@ -18,13 +21,36 @@ def test_peak_memory_is_the_workers_own(real_data) -> None:
     """A worker started by a large process reports its own peak, not its parent's."""
     pytest.importorskip("threadpoolctl")
     ballast = np.ones(BIG, dtype=np.uint8)  # touched: resident in this process
-    worker = harness.Worker("numpy", "cpu", 1, timeout=120)
+    worker = bench_workers.Worker("numpy", "cpu", 1, timeout=120)
     try:
         worker.request("load")
-        harness.request_build(worker, {"device": "cpu", "threads": 1, "batch_size": 256})
+        bench_workers.request_build(worker, {"device": "cpu", "threads": 1, "batch_size": 256})
         info = worker.request("info")
     finally:
         worker.close()
     assert ballast.sum() == BIG
     # The worker holds the uint8 dataset (55 MB) and Python: more than 60 MiB, far less than BIG.
     assert 60 * 2**20 < info["peak_rss_bytes"] < BIG
+
+
+def test_worker_epochs_are_the_shared_loops_epochs(real_data) -> None:
+    """The bench worker runs fmbench train's loop: same order, same losses, same accuracy."""
+    pytest.importorskip("threadpoolctl")
+    config = TrainConfig(epochs=2, threads=1, seed=3)
+    history, _ = train("numpy", real_data, config)
+    worker = bench_workers.Worker("numpy", "cpu", 1, timeout=120)
+    try:
+        worker.request("load")
+        bench_workers.request_build(worker, {"device": "cpu", "threads": 1, "seed": 3})
+        epochs = bench_workers.EpochRequests(worker)
+        epochs.warm_up(1)
+        epochs.setup()
+        epochs.train()
+        records = epochs.finish()
+    finally:
+        worker.close()
+    assert [r.epoch for r in records] == [1, 2]
+    for ours, theirs in zip(records, history.records, strict=True):
+        assert (ours.train_loss, ours.train_accuracy) == (theirs.train_loss, theirs.train_accuracy)
+        assert (ours.test_loss, ours.test_accuracy) == (theirs.test_loss, theirs.test_accuracy)
+        assert ours.train_seconds > 0 and ours.eval_seconds > 0

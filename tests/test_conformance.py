@@ -19,8 +19,8 @@ import pytest
 from impls.config import TrainConfig
 from impls.data import FashionMNIST, MinibatchOrder, to_float32
 from impls.protocol import EpochStats, Evaluation, Params, Trainer
-from impls.registry import REGISTRY, Implementation
-from impls.training import History, init_params, train
+from impls.registry import REGISTRY, Implementation, train
+from impls.training import History, init_params
 
 REFERENCE = "numpy"
 
@@ -88,7 +88,7 @@ def one_epoch_runs(real_data: FashionMNIST, conformance_config: TrainConfig):
     """Run each implementation's first epoch once per session, on first request."""
     runs: dict[str, OneEpoch] = {}
     config = conformance_config
-    order = MinibatchOrder(real_data.num_train, config.batch_size, config.seed)
+    order = MinibatchOrder(real_data.num_train, config.seed)
 
     def run(impl: Implementation) -> OneEpoch:
         if impl.name not in runs:

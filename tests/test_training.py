@@ -7,21 +7,13 @@ import math
 import numpy as np
 import pytest
 
+from impls import config as config_module
 from impls import registry
-from impls.config import ConfigError, TrainConfig
+from impls.config import ConfigError, TrainConfig, usable_cores
+from impls.data import MinibatchOrder
 from impls.protocol import EpochStats, Evaluation, Params, Trainer
-from impls.training import DIVERGED_LOSS, DivergenceError, fit, init_params, train
-
-
-def test_defaults_are_the_seeds_settings():
-    config = TrainConfig()
-    assert (config.lr, config.batch_size, config.epochs, config.seed, config.init_std) == (
-        0.1,
-        256,
-        10,
-        0,
-        0.01,
-    )
+from impls.registry import train
+from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, init_params
 
 
 @pytest.mark.parametrize(
@@ -42,12 +34,22 @@ def test_config_rejects_out_of_range_values(field, value):
         TrainConfig(**{field: value})
 
 
-def test_config_is_frozen_and_resolves_threads():
+def test_config_is_frozen_and_resolves_threads_to_the_usable_cores(monkeypatch):
     config = TrainConfig()
     with pytest.raises(AttributeError):
         config.lr = 1.0  # type: ignore[misc]
-    assert config.resolved().threads >= 1
-    assert TrainConfig(threads=3).resolved().threads == 3
+    # The one rule: the CPU affinity, not the machine's core count.
+    monkeypatch.setattr(config_module.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 64)
+    assert usable_cores() == 3
+    assert config.resolved().threads == 3
+    assert TrainConfig(threads=7).resolved().threads == 7
+
+
+def test_usable_cores_falls_back_to_the_core_count_without_affinity(monkeypatch):
+    monkeypatch.delattr(config_module.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 5)
+    assert usable_cores() == 5
 
 
 def test_initial_params_are_seeded_float32_with_zero_bias():
@@ -136,9 +138,26 @@ def test_registry_missing_framework_is_reported_not_raised(monkeypatch):
         registry.make_trainer("fake", None, Params(None, None), TrainConfig())
 
 
-def test_every_registered_module_defines_the_protocol_functions():
-    for impl in registry.REGISTRY.values():
-        if not impl.is_installed():
-            continue
-        module = impl.load()
-        assert callable(module.make_trainer) and callable(module.available_devices), impl.name
+def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data):
+    config = TrainConfig(seed=4, threads=1)
+    trainer = _ScriptedTrainer([0.9, 0.8])
+    runner = EpochRunner(trainer, config, tiny_data.num_train)
+    trained = runner.train()
+    assert (trained.epoch, trained.train_loss, trained.test_accuracy) == (1, 0.9, None)
+    evaluated = runner.evaluate()
+    assert (evaluated.test_loss, evaluated.test_accuracy) == (1.0, 0.25)
+    assert evaluated.train_seconds == trained.train_seconds and evaluated.eval_seconds >= 0
+    runner.prepare()  # drawn ahead, outside the clock: the same order as drawn in train()
+    runner.train()
+    assert [r.epoch for r in runner.history] == [1, 2]
+    assert runner.history[0] == evaluated and runner.history[1].test_accuracy is None
+    order = MinibatchOrder(tiny_data.num_train, config.seed)
+    for epoch, seen in enumerate(trainer.orders):
+        np.testing.assert_array_equal(seen, order.epoch(epoch))
+
+
+def test_epoch_runner_refuses_a_diverging_epoch_before_recording_it(tiny_data):
+    runner = EpochRunner(_ScriptedTrainer([math.inf]), TrainConfig(), tiny_data.num_train)
+    with pytest.raises(DivergenceError, match="epoch 1"):
+        runner.train()
+    assert runner.history == []

@@ -1,0 +1,181 @@
+"""What the suite measures: one case per implementation, device, thread count and batch size.
+
+The tests are parametrized with these cases (``pytest_generate_tests`` in
+conftest.py) and ordered by :func:`run_order` so that every case of one worker
+(implementation, device, threads) runs in a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from bench_options import SWEEP_EXCLUDED, Settings
+
+from impls.results import GROUPS
+
+PREDICTION_COUNT = 18
+
+# Start-up measurements beyond the epoch: which implementations' ``fmbench train``
+# is timed end to end, and which keep a persistent compilation cache (and the
+# environment variable that points it elsewhere), timed cold and warm.
+CLI_STARTUP_IMPLS = ("numpy",)
+COMPILE_CACHE_ENV = {"jax": "FMBENCH_JAX_CACHE_DIR"}
+
+# The floors: test function name -> the kind its result records.
+FLOOR_TESTS = {"test_read_limit": "limit", "test_compute_floor": "compute"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: an implementation on a device at a thread count and batch size."""
+
+    kind: str  # "epoch", "batch" or "threads"
+    impl: str
+    device: str
+    threads: int
+    batch_size: int
+
+    @property
+    def id(self) -> str:
+        suffix = {
+            "epoch": "",
+            "batch": f"-batch{self.batch_size}",
+            "threads": f"-threads{self.threads}",
+        }
+        return f"{self.impl}-{self.device}{suffix[self.kind]}"
+
+    @property
+    def group(self) -> str:
+        return GROUPS[self.kind]
+
+
+@dataclass(frozen=True)
+class StartupCase:
+    """One start-up measurement: ``name`` is ``load-cache``, ``cli-train``, ``compile-cold``
+    or ``compile-warm``; ``impl`` is ``data`` for the loader."""
+
+    name: str
+    impl: str
+    device: str
+    threads: int
+    kind: str = "startup"
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}-{self.device}-{self.name}"
+
+    @property
+    def group(self) -> str:
+        return GROUPS[self.kind]
+
+
+def training_cases(settings: Settings, kind: str) -> list[Case]:
+    """The cases of ``kind``: the main run (``epoch``) or a sweep (``batch``, ``threads``)."""
+    cases = []
+    for impl in settings.impls:
+        if kind != "epoch" and impl in SWEEP_EXCLUDED and not settings.sweep_slow:
+            continue
+        for device in settings.devices:
+            if kind == "epoch":
+                cases.append(Case(kind, impl, device, settings.threads, settings.batch_size))
+            elif kind == "batch":
+                cases += [
+                    Case(kind, impl, device, settings.threads, size)
+                    for size in settings.batch_sizes
+                ]
+            else:
+                cases += [
+                    Case(kind, impl, device, threads, settings.batch_size)
+                    for threads in settings.sweep_threads
+                ]
+    return cases
+
+
+def startup_cases(settings: Settings, name: str) -> list[StartupCase]:
+    """The start-up measurements called ``name`` (``load`` or ``cli`` or ``compile``)."""
+    if name == "load":
+        return [StartupCase("load-cache", "data", "cpu", settings.threads)]
+    if name == "cli":
+        return [
+            StartupCase("cli-train", impl, "cpu", settings.threads)
+            for impl in settings.impls
+            if impl in CLI_STARTUP_IMPLS and "cpu" in settings.devices
+        ]
+    return [
+        StartupCase(f"compile-{cache}", impl, device, settings.threads)
+        for impl in settings.impls
+        if impl in COMPILE_CACHE_ENV
+        for device in settings.devices
+        for cache in ("cold", "warm")
+    ]
+
+
+# The fixture each test takes its case from, and how its cases are made.
+TRAINING_FIXTURES = {"epoch_case": "epoch", "batch_case": "batch", "threads_case": "threads"}
+STARTUP_FIXTURES = {"load_case": "load", "cli_case": "cli", "compile_case": "compile"}
+CASE_FIXTURES = (*TRAINING_FIXTURES, *STARTUP_FIXTURES)
+
+
+def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
+    """Give each test taking a case fixture one call per case, with readable ids."""
+    for fixture, name in STARTUP_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            found = startup_cases(settings, name)
+            metafunc.parametrize(fixture, found, ids=[case.id for case in found])
+    for fixture, kind in TRAINING_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            found = training_cases(settings, kind)
+            metafunc.parametrize(fixture, found, ids=[case.id for case in found])
+
+
+def item_case(item: pytest.Item) -> Case | StartupCase | None:
+    """The case a collected test runs, or None (the floors)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in CASE_FIXTURES:
+        if name in params:
+            return params[name]
+    return None
+
+
+def has_no_case(item: pytest.Item) -> bool:
+    """Whether ``item`` is pytest's placeholder for an empty case list (nothing to measure)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(
+        name in params and not isinstance(params[name], Case | StartupCase)
+        for name in CASE_FIXTURES
+    )
+
+
+def run_order(settings: Settings):
+    """The sort key of the test items: floors first, then each worker's cases, start-up last."""
+    impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
+    kind_rank = {"epoch": 0, "batch": 1, "threads": 2}
+
+    def key(item: pytest.Item) -> tuple:
+        case = item_case(item)
+        if case is None:  # the floors first, on a quiet machine
+            return (0,)
+        if isinstance(case, StartupCase):  # after the epochs: they start processes
+            return (2, case.impl, case.device, case.name)
+        # The default thread count first, so that worker is reused by the sweeps.
+        return (
+            1,
+            impl_rank[case.impl],
+            case.device,
+            case.threads != settings.threads,
+            case.threads,
+            kind_rank[case.kind],
+            case.batch_size,
+        )
+
+    return key
+
+
+def describe(item: pytest.Item) -> dict:
+    """What the run's JSON lists for a test besides its outcome: kind, group, case fields."""
+    case = item_case(item)
+    if case is None:
+        kind = FLOOR_TESTS.get(getattr(item, "originalname", ""), "limit")
+        return {"kind": kind, "group": GROUPS[kind]}
+    return {**vars(case), "group": case.group}

@@ -1,0 +1,216 @@
+"""The benchmark suite's command-line options and the one :class:`Settings` resolved from them.
+
+Every setting is resolved here, once: the other modules read ``Settings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pytest
+
+from impls import registry
+from impls.config import TrainConfig, usable_cores
+
+DEFAULT_EPOCHS = 10
+QUICK_EPOCHS = 2
+DEFAULT_SWEEP_ROUNDS = 5
+DEFAULT_LIMIT_ROUNDS = 30
+QUICK_LIMIT_ROUNDS = 5
+DEFAULT_STARTUP_ROUNDS = 5
+DEFAULT_TARGET_ACCURACY = 0.82
+DEFAULT_WORKER_TIMEOUT = 900.0
+
+# Implementations left out of the sweeps by default, and why (--sweep-slow includes them).
+SWEEP_EXCLUDED = {
+    "d2l-reference": (
+        "the slowest by far (3 to 9 s per epoch on a 2-core CPU, 20 to 50 times the others): "
+        "the two sweeps would add 30 of its epochs, 2 to 5 minutes; --sweep-slow includes it"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of one benchmark session, resolved."""
+
+    impls: tuple[str, ...]
+    devices: tuple[str, ...]
+    threads: int
+    quick: bool
+    epochs: int  # main run: the first epoch is warm-up, the other epochs - 1 are timed rounds
+    sweep_rounds: int  # timed rounds per sweep point, after the warm-up epochs
+    limit_rounds: int
+    target_accuracy: float
+    batch_sizes: tuple[int, ...]
+    sweep_threads: tuple[int, ...]
+    sweeps: bool
+    sweep_slow: bool
+    data_dir: str | None
+    worker_timeout: float
+    startup: bool = True
+    startup_rounds: int = 5
+    batch_size: int = TrainConfig.batch_size
+    sweep_warmup: int = 1
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise pytest.UsageError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise pytest.UsageError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the ``fmbench`` option group (``python -m pytest benchmarks --help``)."""
+    group = parser.getgroup("fmbench", "fmbench benchmarks (benchmarks/)")
+    add = group.addoption
+    add(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="implementation to benchmark (repeatable; default: all of "
+        f"{', '.join(registry.REGISTRY)})",
+    )
+    add(
+        "--device",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="device to run on (repeatable; default cpu); a device an implementation lacks is "
+        "reported as skipped",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for every framework (default: the usable cores, by CPU affinity)",
+    )
+    add(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_EPOCHS} epochs (1 timed round), 1 round per sweep point",
+    )
+    add(
+        "--epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"epochs of the main run (default {DEFAULT_EPOCHS}); the first is warm-up, "
+        "the rest are the timed rounds",
+    )
+    add(
+        "--sweep-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed rounds per sweep point, after one warm-up epoch "
+        f"(default {DEFAULT_SWEEP_ROUNDS})",
+    )
+    add(
+        "--target-accuracy",
+        type=float,
+        default=DEFAULT_TARGET_ACCURACY,
+        metavar="ACC",
+        help=f"test accuracy for time-to-accuracy (default {DEFAULT_TARGET_ACCURACY})",
+    )
+    add(
+        "--batch-sizes",
+        default="64,256,1024",
+        metavar="LIST",
+        help="batch sizes of the batch-size sweep (default 64,256,1024)",
+    )
+    add(
+        "--sweep-threads",
+        default="1,2",
+        metavar="LIST",
+        help="thread counts of the thread sweep (default 1,2)",
+    )
+    add("--no-sweeps", action="store_true", help="skip both sweeps")
+    add(
+        "--no-startup",
+        action="store_true",
+        help="skip the start-up measurements (dataset load, cold `fmbench train`, compile cache)",
+    )
+    add(
+        "--startup-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"rounds of each start-up measurement, each in a fresh process where it starts "
+        f"one (default {DEFAULT_STARTUP_ROUNDS})",
+    )
+    add(
+        "--sweep-slow",
+        action="store_true",
+        help=f"also sweep the slow implementations ({', '.join(SWEEP_EXCLUDED)})",
+    )
+    add(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="directory holding the Fashion-MNIST files (else the usual search)",
+    )
+    add(
+        "--worker-timeout",
+        type=float,
+        default=DEFAULT_WORKER_TIMEOUT,
+        metavar="S",
+        help="seconds to wait for any one worker request before killing it "
+        f"(default {DEFAULT_WORKER_TIMEOUT:g})",
+    )
+
+
+def resolve_settings(config: pytest.Config) -> Settings:
+    """The session's :class:`Settings`; a bad option is a ``pytest.UsageError`` naming it."""
+    option = config.getoption
+    impls = tuple(dict.fromkeys(option("impl"))) or tuple(registry.REGISTRY)
+    for name in impls:
+        if name not in registry.REGISTRY:
+            raise pytest.UsageError(
+                f"--impl {name!r}: unknown; known implementations: {', '.join(registry.REGISTRY)}"
+            )
+    threads = option("threads")
+    if threads is None:
+        threads = usable_cores()
+    elif threads < 1:
+        raise pytest.UsageError(f"--threads must be positive, got {threads}")
+    quick = option("quick")
+    epochs = option("epochs") or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    if epochs < 2:
+        raise pytest.UsageError("--epochs must be at least 2 (one warm-up epoch, one timed)")
+    sweep_rounds = option("sweep_rounds") or (1 if quick else DEFAULT_SWEEP_ROUNDS)
+    startup_rounds = option("startup_rounds")
+    if startup_rounds is None:
+        startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
+    elif startup_rounds < 1:
+        raise pytest.UsageError(f"--startup-rounds must be positive, got {startup_rounds}")
+    target = option("target_accuracy")
+    if not 0 < target <= 1:
+        raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
+    return Settings(
+        impls=impls,
+        devices=tuple(dict.fromkeys(option("device"))) or ("cpu",),
+        threads=threads,
+        quick=quick,
+        epochs=epochs,
+        sweep_rounds=sweep_rounds,
+        limit_rounds=QUICK_LIMIT_ROUNDS if quick else DEFAULT_LIMIT_ROUNDS,
+        target_accuracy=target,
+        batch_sizes=_int_list(option("batch_sizes")),
+        sweep_threads=_int_list(option("sweep_threads")),
+        sweeps=not option("no_sweeps"),
+        sweep_slow=option("sweep_slow"),
+        data_dir=option("data_dir"),
+        worker_timeout=option("worker_timeout"),
+        startup=not option("no_startup"),
+        startup_rounds=startup_rounds,
+    )

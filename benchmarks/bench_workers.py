@@ -1,0 +1,288 @@
+"""The benchmarks' side of a worker process: start it, send requests, drive its epochs.
+
+Each implementation trains in its own ``bench_worker.py`` process (see its
+docstring for why); the tests talk to it one request at a time over a pipe.
+:class:`EpochRequests` is what pytest-benchmark times: the ``train`` request,
+one epoch in the worker plus a pipe round trip well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from impls.results import EpochRecord
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+WORKER_SCRIPT = HERE / "bench_worker.py"
+DEFAULT_TIMEOUT = 900.0
+
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+class WorkerError(RuntimeError):
+    """The worker reported an error or died; the message says which and why."""
+
+
+class WorkerSkip(Exception):
+    """The implementation cannot run here (framework, module or device missing)."""
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a process the benchmarks start: threads pinned, the repo importable."""
+    env = dict(os.environ, **thread_env(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that pins every BLAS/OpenMP pool of a worker to ``threads``."""
+    return dict.fromkeys(THREAD_ENV_VARS, str(threads))
+
+
+class Worker:
+    """A running ``bench_worker.py`` for one implementation, device and thread count."""
+
+    def __init__(
+        self,
+        impl: str,
+        device: str,
+        threads: int,
+        *,
+        data_dir: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.impl, self.device, self.threads, self.timeout = impl, device, threads, timeout
+        env = dict(worker_env(threads), **(env or {}))
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [sys.executable, str(WORKER_SCRIPT), "--impl", impl]
+        if data_dir:
+            command += ["--data-dir", str(data_dir)]
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=REPO_ROOT,
+            env=env,
+            text=True,
+            encoding="utf-8",
+        )
+        self._replies: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.hello = self._receive("start-up (loading the dataset)", timeout)
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._replies.put(line)
+        self._replies.put(None)  # end of stream: the process exited
+
+    def stderr_tail(self, chars: int = 3000) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace")
+        return text[-chars:].strip()
+
+    def _receive(self, what: str, timeout: float) -> dict:
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise WorkerError(
+                f"{self.impl} worker: no answer to {what} within {timeout:g} s (killed)."
+                f"\n{self.stderr_tail()}"
+            ) from None
+        if line is None:
+            code = self._process.wait()
+            raise WorkerError(
+                f"{self.impl} worker died during {what} (exit code {code})."
+                f"\nIts stderr ends with:\n{self.stderr_tail()}"
+            )
+        reply = json.loads(line)
+        if not reply.pop("ok", False):
+            error = WorkerError(f"{self.impl}: {reply.get('error_type')}: {reply.get('error')}")
+            error.error_type = reply.get("error_type")  # type: ignore[attr-defined]
+            error.remote_traceback = reply.get("traceback", "")  # type: ignore[attr-defined]
+            raise error
+        return reply
+
+    def request(self, cmd: str, *, timeout: float | None = None, **fields: object) -> dict:
+        """Send one request and wait for its reply (raises :class:`WorkerError`)."""
+        if self._process.poll() is not None:
+            raise WorkerError(
+                f"{self.impl} worker is not running (exit code {self._process.returncode})."
+                f"\n{self.stderr_tail()}"
+            )
+        try:
+            self._process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError) as error:
+            raise WorkerError(f"{self.impl} worker: cannot send {cmd!r}: {error}") from error
+        return self._receive(repr(cmd), self.timeout if timeout is None else timeout)
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self.request("quit", timeout=30)
+                self._process.wait(timeout=30)
+            except (WorkerError, subprocess.TimeoutExpired):
+                self.kill()
+        self._reader.join(timeout=5)
+        for stream in (self._process.stdin, self._process.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def missing_reason(impl: str) -> str | None:
+    """Why ``impl`` cannot be started here (without importing it), or None."""
+    import importlib.util
+
+    from impls import registry
+
+    entry = registry.get(impl)
+    missing = entry.missing()
+    if missing:
+        return f"framework missing: needs {', '.join(missing)} ({entry.install_command})"
+    if importlib.util.find_spec(entry.module) is None:
+        return f"implementation missing: module {entry.module} does not exist"
+    return None
+
+
+def request_build(worker: Worker, config: dict) -> dict:
+    """Build ``worker``'s trainer; a device its framework lacks raises :class:`WorkerSkip`."""
+    try:
+        return worker.request("build", config=config)
+    except WorkerError as error:
+        try:
+            devices = worker.request("devices")["devices"]
+        except WorkerError:
+            raise error from None
+        if config["device"] not in devices:
+            raise WorkerSkip(
+                f"device {config['device']!r} not available to {worker.impl} "
+                f"(available: {', '.join(devices)})"
+            ) from error
+        raise
+
+
+@dataclass
+class WorkerPool:
+    """Keeps the most recent worker alive for reuse; starts a fresh one for another key.
+
+    The tests are ordered so that every case of one (implementation, device,
+    threads) runs in a row: at most one worker exists at any time.
+    """
+
+    data_dir: str | None
+    timeout: float
+    on_info: Callable[[str, dict], None] = lambda impl, info: None
+    _key: tuple | None = None
+    _worker: Worker | None = None
+    started: list[tuple] = field(default_factory=list)
+
+    def get(self, case) -> Worker:
+        """The worker of ``case``'s implementation, device and threads (started if needed)."""
+        key = (case.impl, case.device, case.threads)
+        if self._worker is not None and (self._key != key or not self._worker.alive()):
+            self.close()
+        if self._worker is None:
+            reason = missing_reason(case.impl)
+            if reason:
+                raise WorkerSkip(reason)
+            self._worker = Worker(
+                case.impl, case.device, case.threads, data_dir=self.data_dir, timeout=self.timeout
+            )
+            self._key = key
+            self.started.append(key)
+            try:
+                self._worker.request("load")
+            except WorkerError:
+                self.close()
+                raise
+        return self._worker
+
+    def build(self, case, **config: object) -> dict:
+        """Build ``case``'s trainer in its worker; a device the framework lacks is a skip."""
+        worker = self.get(case)
+        reply = request_build(
+            worker,
+            {
+                "device": case.device,
+                "threads": case.threads,
+                "batch_size": case.batch_size,
+                **config,
+            },
+        )
+        reply["data_load_seconds"] = worker.hello["load_seconds"]
+        self.on_info(case.impl, {"device": case.device, "threads": case.threads, **reply})
+        return reply
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        self._worker, self._key = None, None
+
+
+@dataclass
+class EpochRequests:
+    """A worker's epochs as ``benchmark.pedantic`` wants them: untimed ``setup``, timed ``train``.
+
+    ``setup`` evaluates the epoch just trained (when ``evaluate_each_epoch``) and
+    draws the next epoch's order; ``train`` is one ``train`` request. The records
+    themselves are the worker's (:class:`impls.training.EpochRunner`).
+    """
+
+    worker: Worker
+    evaluate_each_epoch: bool = True
+    _unevaluated: bool = False
+
+    def setup(self) -> None:
+        if self._unevaluated and self.evaluate_each_epoch:
+            self.worker.request("evaluate")
+            self._unevaluated = False
+        self.worker.request("prepare")
+
+    def train(self) -> None:
+        self.worker.request("train")
+        self._unevaluated = True
+
+    def warm_up(self, epochs: int) -> None:
+        """``epochs`` epochs outside pytest-benchmark's timing."""
+        for _ in range(epochs):
+            self.setup()
+            self.train()
+
+    def finish(self) -> list[EpochRecord]:
+        """Evaluate the last epoch; return every epoch's record."""
+        if self._unevaluated:
+            self.worker.request("evaluate")
+            self._unevaluated = False
+        history = self.worker.request("history")["history"]
+        return [EpochRecord.from_dict(record, f"history[{i}]") for i, record in enumerate(history)]

@@ -1,0 +1,421 @@
+"""The result format: what a run records, as dataclasses, and how it is stored.
+
+One definition serves every writer and reader:
+
+* :class:`EpochRecord` is one epoch of training, written by the shared loop
+  (:mod:`impls.training`) for ``fmbench train`` and for the benchmark worker
+  alike, and sent over the worker's pipe with :meth:`EpochRecord.as_dict`;
+* each benchmark case is stored as pytest-benchmark's ``extra_info``: a
+  :class:`TrainingResult` (the main epoch run and the sweep points), a
+  :class:`ReadLimit`, a :class:`ComputeFloor` or a :class:`StartupResult`,
+  written with :func:`to_extra_info` and read back, validated, with
+  :func:`from_extra_info`;
+* pytest-benchmark's own statistics of a case are a :class:`Timing`, and a
+  :class:`Measurement` pairs it with the case: every number derived from a
+  case (examples/s, GB/s, the compute floor, time to accuracy) is computed
+  here and nowhere else.
+
+Fields only raw facts are stored; derived numbers are properties. Readers
+accept files written before this module (schema 1): their extra derived keys
+are ignored, since the same numbers are recomputed from the raw ones.
+
+The clocks: :class:`Timing` comes from pytest-benchmark in the pytest process
+(a request to the worker: one epoch plus a pipe round trip well under a
+millisecond); an :class:`EpochRecord`'s seconds come from ``time.perf_counter``
+around ``Trainer.train_epoch`` / ``evaluate`` in the process that trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+SCHEMA = 2
+
+
+class ResultError(ValueError):
+    """A stored result does not match its definition; the message names the field."""
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against a field's type annotation; a :class:`ResultError` if not."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(value, option, where)
+            except ResultError as error:
+                errors.append(str(error))
+        raise ResultError(errors[0] if len(errors) == 1 else f"{where} is {value!r}: unexpected")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ResultError(f"{where} is {type(value).__name__}, not a list")
+        (item,) = typing.get_args(annotation)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ResultError(f"{where} is {type(value).__name__}, not an object")
+        return value
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if not _is_number(value):
+            raise ResultError(f"{where} is {value!r}, not a finite number")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ResultError(f"{where} is {value!r}, not an integer")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ResultError(f"{where} is {value!r}, not true or false")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ResultError(f"{where} is {value!r}, not a string")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _from_dict(annotation, value, where)
+    raise TypeError(f"no check for {annotation!r}")  # a definition error, not bad data
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """An instance of dataclass ``cls`` from ``data``, every field checked; unknown keys ignored."""
+    if not isinstance(data, Mapping):
+        raise ResultError(f"{where} is {type(data).__name__}, not an object")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        if field.name not in data:
+            if field.default is not dataclasses.MISSING:
+                continue
+            raise ResultError(f"{where} has no {field.name!r}")
+        values[field.name] = _check(data[field.name], hints[field.name], f"{where}.{field.name}")
+    instance = cls(**values)
+    instance.validate(where)
+    return instance
+
+
+class _Stored:
+    """Mixin: ``as_dict`` for storing, ``from_dict`` for reading back with every field checked."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "result") -> Any:
+        return _from_dict(cls, data, where)
+
+    def validate(self, where: str) -> None:
+        """Checks across fields (ranges), beyond each field's type."""
+
+
+def _check_fraction(value: float | None, where: str) -> None:
+    if value is not None and not 0 <= value <= 1:
+        raise ResultError(f"{where} is {value!r}, not in [0, 1]")
+
+
+def _check_positive(value: float | None, where: str) -> None:
+    if value is not None and not value > 0:
+        raise ResultError(f"{where} is {value!r}, not positive")
+
+
+# ------------------------------------------------------------------- epochs
+
+
+@dataclass(frozen=True)
+class EpochRecord(_Stored):
+    """One epoch of training (counted from 1); test figures are None when not evaluated."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    train_seconds: float  # Trainer.train_epoch alone, in the process that trains
+    eval_seconds: float | None
+
+    def validate(self, where: str) -> None:
+        _check_fraction(self.train_accuracy, f"{where}.train_accuracy")
+        _check_fraction(self.test_accuracy, f"{where}.test_accuracy")
+        if self.train_seconds < 0:
+            raise ResultError(f"{where}.train_seconds is {self.train_seconds}, negative")
+
+
+def time_to_accuracy(history: Sequence[EpochRecord], target: float) -> float | None:
+    """Cumulative training seconds until test accuracy first reaches ``target``, or None."""
+    total = 0.0
+    for record in history:
+        total += record.train_seconds
+        if record.test_accuracy is not None and record.test_accuracy >= target:
+            return total
+    return None
+
+
+def final_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
+    """The test accuracy of the last evaluated epoch, or None."""
+    evaluated = [r.test_accuracy for r in history if r.test_accuracy is not None]
+    return evaluated[-1] if evaluated else None
+
+
+# -------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class TrainingResult(_Stored):
+    """An implementation trained in a worker: the main epoch run or one sweep point.
+
+    ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads")
+
+    kind: str
+    implementation: str
+    device: str
+    threads: int
+    batch_size: int
+    num_train: int
+    history: list[EpochRecord]
+    config: dict = dataclasses.field(default_factory=dict)
+    runtime: dict = dataclasses.field(default_factory=dict)
+    build_seconds: float | None = None
+    import_seconds: float | None = None
+    warmup_epochs: int = 1
+    target_accuracy: float | None = None
+    predictions: list[int] | None = None
+    peak_rss_bytes: int | None = None
+    peak_rss_children_bytes: int | None = None
+
+    def validate(self, where: str) -> None:
+        if not self.history:
+            raise ResultError(f"{where}.history is empty")
+        if final_test_accuracy(self.history) is None:
+            raise ResultError(f"{where}.history has no evaluated epoch")
+        _check_positive(self.num_train, f"{where}.num_train")
+        _check_fraction(self.target_accuracy, f"{where}.target_accuracy")
+        if self.predictions is not None and any(not 0 <= p < 10 for p in self.predictions):
+            raise ResultError(f"{where}.predictions holds a label outside 0..9")
+
+    @property
+    def final_test_accuracy(self) -> float:
+        return final_test_accuracy(self.history)  # type: ignore[return-value]
+
+    @property
+    def first_epoch_seconds(self) -> float:
+        """The warm-up epochs' training time (start-up, lazy initialisation, compilation)."""
+        return sum(r.train_seconds for r in self.history[: max(self.warmup_epochs, 1)])
+
+    @property
+    def time_to_accuracy_seconds(self) -> float | None:
+        if self.target_accuracy is None:
+            return None
+        return time_to_accuracy(self.history, self.target_accuracy)
+
+
+@dataclass(frozen=True)
+class ReadLimit(_Stored):
+    """The read floor: one pass over ``bytes`` of the training set with ``threads`` threads."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("limit",)
+
+    bytes: int
+    threads: int
+    what: str = ""
+    kind: str = "limit"
+    implementation: str = "limit"
+    device: str = "cpu"
+
+    def validate(self, where: str) -> None:
+        _check_positive(self.bytes, f"{where}.bytes")
+
+
+@dataclass(frozen=True)
+class ComputeFloor(_Stored):
+    """One large float32 matrix product, whose rate prices an epoch's ``epoch_flops``."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("compute",)
+
+    threads: int
+    flops_per_call: int
+    epoch_flops: int
+    what: str = ""
+    kind: str = "compute"
+    implementation: str = "compute"
+    device: str = "cpu"
+
+    def validate(self, where: str) -> None:
+        _check_positive(self.flops_per_call, f"{where}.flops_per_call")
+        _check_positive(self.epoch_flops, f"{where}.epoch_flops")
+
+
+@dataclass(frozen=True)
+class StartupResult(_Stored):
+    """A start-up measurement (``startup`` names it); per-round parts where it has them."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("startup",)
+
+    startup: str
+    implementation: str
+    device: str
+    what: str
+    threads: int | None = None
+    kind: str = "startup"
+    command: str | None = None
+    summary: str | None = None
+    sources: list[str] | None = None
+    build_seconds: list[float] | None = None
+    compile_seconds: list[float | None] | None = None
+    first_epoch_seconds: list[float] | None = None
+    compilation_cache_warm: list[bool | None] | None = None
+
+
+CaseResult = TrainingResult | ReadLimit | ComputeFloor | StartupResult
+RESULT_TYPES: dict[str, type] = {
+    kind: cls
+    for cls in (TrainingResult, ReadLimit, ComputeFloor, StartupResult)
+    for kind in cls.KINDS
+}
+KINDS = tuple(RESULT_TYPES)
+TRAINING_KINDS = TrainingResult.KINDS
+# pytest-benchmark's group of each kind: the limit shares the epoch group, so
+# pytest-benchmark's own table shows every epoch as a multiple of it.
+GROUPS = {
+    "limit": "epoch",
+    "epoch": "epoch",
+    "batch": "sweep: batch size",
+    "threads": "sweep: threads",
+    "compute": "compute floor",
+    "startup": "start-up",
+}
+
+
+def to_extra_info(result: CaseResult) -> dict[str, Any]:
+    """``result`` as pytest-benchmark's ``extra_info`` (JSON-ready)."""
+    return result.as_dict()
+
+
+def from_extra_info(info: Any, where: str = "extra_info") -> CaseResult:
+    """The case stored in ``info``, every field checked (a :class:`ResultError` names it)."""
+    if not isinstance(info, Mapping) or not info:
+        raise ResultError(f"{where} is empty: not written by fmbench's benchmarks/ suite")
+    kind = info.get("kind")
+    if kind not in RESULT_TYPES:
+        raise ResultError(f"{where}.kind is {kind!r}, expected one of {list(RESULT_TYPES)}")
+    if kind in TRAINING_KINDS and "warmup_epochs" not in info and "timed_rounds" in info:
+        # schema 1 stored the timed rounds; the warm-up epochs are the rest of the history
+        history = info.get("history")
+        if isinstance(history, list) and _is_number(info["timed_rounds"]):
+            info = {**info, "warmup_epochs": max(len(history) - int(info["timed_rounds"]), 1)}
+    return RESULT_TYPES[kind].from_dict(info, where)
+
+
+# ------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing(_Stored):
+    """pytest-benchmark's statistics of a case's timed rounds, in seconds."""
+
+    median: float
+    q1: float
+    q3: float
+    iqr: float
+    min: float
+    max: float
+    rounds: int
+
+    def validate(self, where: str) -> None:
+        for name in ("q1", "q3", "iqr", "min", "max"):
+            if getattr(self, name) < 0:
+                raise ResultError(f"{where}.{name} is {getattr(self, name)}, negative")
+        _check_positive(self.median, f"{where}.median")
+        _check_positive(self.rounds, f"{where}.rounds")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One benchmark of a run: its case and its timing; every derived number is here."""
+
+    name: str
+    fullname: str
+    group: str
+    timing: Timing
+    case: CaseResult
+
+    @property
+    def kind(self) -> str:
+        return self.case.kind
+
+    @property
+    def implementation(self) -> str:
+        return self.case.implementation
+
+    @property
+    def median(self) -> float:
+        return self.timing.median
+
+    def key(self) -> tuple:
+        """What identifies the same measurement in another run."""
+        case = self.case
+        return (
+            case.kind,
+            case.implementation,
+            case.device,
+            getattr(case, "threads", None),
+            getattr(case, "batch_size", None),
+            getattr(case, "startup", None),
+        )
+
+    @property
+    def examples_per_second(self) -> float | None:
+        if not isinstance(self.case, TrainingResult):
+            return None
+        return self.case.num_train / self.median
+
+    @property
+    def gigabytes_per_second(self) -> float | None:
+        if not isinstance(self.case, ReadLimit):
+            return None
+        return self.case.bytes / self.median / 1e9
+
+    @property
+    def flops_per_second(self) -> float | None:
+        if not isinstance(self.case, ComputeFloor):
+            return None
+        return self.case.flops_per_call / self.median
+
+    @property
+    def floor_seconds(self) -> float | None:
+        """An epoch's matrix products at this product's rate (the compute floor)."""
+        if not isinstance(self.case, ComputeFloor):
+            return None
+        return self.case.epoch_flops / self.flops_per_second  # type: ignore[operator]
+
+
+def median_of(values: Sequence[float | None] | None) -> float | None:
+    """The median of the numbers among ``values`` (a start-up round each), or None."""
+    numbers = [v for v in values or () if v is not None]
+    return statistics.median(numbers) if numbers else None
