@@ -29,14 +29,20 @@ def _start(workers: bench_workers.WorkerPool, case: bench_cases.Case, epochs: in
         pytest.skip(f"{case.impl}: {reason}")
 
 
+def _time_floor(benchmark, settings: Settings, kind: str, measure) -> None:
+    """Time ``measure`` (a floor measurement) for the floors' rounds, then release it."""
+    benchmark.group = GROUPS[kind]
+    try:
+        benchmark.pedantic(measure, rounds=settings.limit_rounds, warmup_rounds=1, iterations=1)
+    finally:
+        measure.close()
+    assert benchmark.stats.stats.median > 0
+
+
 def test_read_limit(benchmark, settings: Settings, train_float32) -> None:
     """The limit: read the float32 training set once (an epoch must read every pixel)."""
-    benchmark.group = GROUPS["limit"]
     reader = bench_floors.ReadOnce(train_float32, settings.threads)
-    try:
-        benchmark.pedantic(reader, rounds=settings.limit_rounds, warmup_rounds=1, iterations=1)
-    finally:
-        reader.close()
+    _time_floor(benchmark, settings, "limit", reader)
     result = ReadLimit(
         bytes=reader.nbytes,
         threads=reader.threads,
@@ -46,17 +52,12 @@ def test_read_limit(benchmark, settings: Settings, train_float32) -> None:
         ),
     )
     benchmark.extra_info.update(to_extra_info(result))
-    assert benchmark.stats.stats.median > 0
 
 
 def test_compute_floor(benchmark, settings: Settings, dataset) -> None:
     """The compute floor: an epoch's matrix products at this machine's best float32 rate."""
-    benchmark.group = GROUPS["compute"]
     gemm = bench_floors.PeakGemm(settings.threads)
-    try:
-        benchmark.pedantic(gemm, rounds=settings.limit_rounds, warmup_rounds=1, iterations=1)
-    finally:
-        gemm.close()
+    _time_floor(benchmark, settings, "compute", gemm)
     result = ComputeFloor(
         threads=gemm.threads,
         flops_per_call=gemm.flops,
@@ -67,7 +68,6 @@ def test_compute_floor(benchmark, settings: Settings, dataset) -> None:
         ),
     )
     benchmark.extra_info.update(to_extra_info(result))
-    assert benchmark.stats.stats.median > 0
 
 
 def _memory(worker: bench_workers.Worker) -> dict:

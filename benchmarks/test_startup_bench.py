@@ -48,9 +48,17 @@ def _startup_info(case: bench_cases.StartupCase, what: str, **details: object) -
     return to_extra_info(result)
 
 
+def _start_case(benchmark, case) -> None:
+    """Put ``case`` in its group; skip it when its implementation cannot run here."""
+    benchmark.group = case.group
+    reason = bench_workers.missing_reason(case.impl) if case.impl != "data" else None
+    if reason:
+        pytest.skip(f"{case.impl}: {reason}")
+
+
 def test_load_from_cache(benchmark, settings: Settings, dataset, load_case) -> None:
     """The four files from the cache, verified: what every run pays before training."""
-    benchmark.group = load_case.group
+    _start_case(benchmark, load_case)
     data = benchmark.pedantic(
         load_fashion_mnist,
         args=(settings.data_dir,),
@@ -72,10 +80,7 @@ def test_load_from_cache(benchmark, settings: Settings, dataset, load_case) -> N
 def test_cli_train(benchmark, settings: Settings, dataset, cli_case, tmp_path) -> None:
     """``fmbench train IMPL``, a fresh process each round, as a user runs it."""
     case = cli_case
-    benchmark.group = case.group
-    reason = bench_workers.missing_reason(case.impl)
-    if reason:
-        pytest.skip(f"{case.impl}: {reason}")
+    _start_case(benchmark, case)
     arguments = ["train", case.impl, "--quiet", "--threads", str(case.threads)]
     if settings.data_dir:
         arguments += ["--data-dir", str(settings.data_dir)]
@@ -123,10 +128,7 @@ def _summary_line(stdout: str) -> str:
 def test_compile(benchmark, settings: Settings, dataset, compile_case, tmp_path_factory) -> None:
     """Trainer build (compilation) plus the first epoch, with a cold or a warm cache."""
     case = compile_case
-    benchmark.group = case.group
-    reason = bench_workers.missing_reason(case.impl)
-    if reason:
-        pytest.skip(f"{case.impl}: {reason}")
+    _start_case(benchmark, case)
     cold = case.name == "compile-cold"
     root = tmp_path_factory.mktemp(f"{case.impl}-compile-cache")
     config = {"device": case.device, "threads": case.threads, "batch_size": settings.batch_size}

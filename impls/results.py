@@ -220,6 +220,11 @@ class TrainingResult(_Stored):
             raise ResultError(f"{where}.predictions holds a label outside 0..9")
 
     @property
+    def per_round(self) -> int:
+        """What one timed round processes: the training examples."""
+        return self.num_train
+
+    @property
     def final_test_accuracy(self) -> float:
         return final_test_accuracy(self.history)  # type: ignore[return-value]
 
@@ -235,40 +240,53 @@ class TrainingResult(_Stored):
         return time_to_accuracy(self.history, self.target_accuracy)
 
 
-@dataclass(frozen=True)
-class ReadLimit(_Stored):
+@dataclass(frozen=True, kw_only=True)
+class _Floor(_Stored):
+    """What both floors record: the threads they ran with and what exactly was timed."""
+
+    threads: int
+    what: str = ""
+    device: str = "cpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadLimit(_Floor):
     """The read floor: one pass over ``bytes`` of the training set with ``threads`` threads."""
 
     KINDS: ClassVar[tuple[str, ...]] = ("limit",)
 
     bytes: int
-    threads: int
-    what: str = ""
     kind: str = "limit"
     implementation: str = "limit"
-    device: str = "cpu"
 
     def validate(self, where: str) -> None:
         _check_positive(self.bytes, f"{where}.bytes")
 
+    @property
+    def per_round(self) -> int:
+        """What one timed round processes: the bytes read."""
+        return self.bytes
 
-@dataclass(frozen=True)
-class ComputeFloor(_Stored):
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeFloor(_Floor):
     """One large float32 matrix product, whose rate prices an epoch's ``epoch_flops``."""
 
     KINDS: ClassVar[tuple[str, ...]] = ("compute",)
 
-    threads: int
     flops_per_call: int
     epoch_flops: int
-    what: str = ""
     kind: str = "compute"
     implementation: str = "compute"
-    device: str = "cpu"
 
     def validate(self, where: str) -> None:
         _check_positive(self.flops_per_call, f"{where}.flops_per_call")
         _check_positive(self.epoch_flops, f"{where}.epoch_flops")
+
+    @property
+    def per_round(self) -> int:
+        """What one timed round computes: the product's floating-point operations."""
+        return self.flops_per_call
 
 
 @dataclass(frozen=True)
@@ -389,30 +407,30 @@ class Measurement:
             getattr(case, "startup", None),
         )
 
+    def _rate(self, kind: type, unit: float = 1.0) -> float | None:
+        """The case's amount per round (examples, bytes, FLOP) per second, for a ``kind`` case."""
+        if not isinstance(self.case, kind):
+            return None
+        return self.case.per_round / self.median / unit
+
     @property
     def examples_per_second(self) -> float | None:
-        if not isinstance(self.case, TrainingResult):
-            return None
-        return self.case.num_train / self.median
+        return self._rate(TrainingResult)
 
     @property
     def gigabytes_per_second(self) -> float | None:
-        if not isinstance(self.case, ReadLimit):
-            return None
-        return self.case.bytes / self.median / 1e9
+        return self._rate(ReadLimit, unit=1e9)
 
     @property
     def flops_per_second(self) -> float | None:
-        if not isinstance(self.case, ComputeFloor):
-            return None
-        return self.case.flops_per_call / self.median
+        return self._rate(ComputeFloor)
 
     @property
     def floor_seconds(self) -> float | None:
         """An epoch's matrix products at this product's rate (the compute floor)."""
         if not isinstance(self.case, ComputeFloor):
             return None
-        return self.case.epoch_flops / self.flops_per_second  # type: ignore[operator]
+        return self.case.epoch_flops / self.case.flops_per_call * self.median
 
 
 def median_of(values: Sequence[float | None] | None) -> float | None:
