@@ -1,125 +1,87 @@
 """The Fashion-MNIST loader every implementation and benchmark uses (NumPy only).
 
-Finding the files, in order: an explicit directory, ``$FMBENCH_DATA_DIR``, the
-download cache (the repo's ``data/``), Debian's ``dataset-fashion-mnist``
-package; failing all, a download from the mirrors into the cache. Each file may
-be gzipped or not. Whatever the source, a file is used only once its
-decompressed content matches the SHA-256 in :data:`FASHION_MNIST`; a verified
-copy is kept decompressed in the cache so the next load skips gzip.
-
-Entry points: :func:`load_fashion_mnist` (arrays), :func:`fetch` (files and
-where each came from), :class:`MinibatchOrder` (the shared batch order).
+This module is the loader's public face: import from here. It holds the arrays
+(:class:`FashionMNIST`, :func:`load_fashion_mnist`, :func:`to_float32`,
+:func:`resize_images`), the dataset's constants, and the minibatch order every
+implementation shares (:class:`MinibatchOrder`, :func:`split_batches`,
+:func:`check_order`, :func:`batch_bounds`). The machinery underneath lives in
+two modules whose public names are re-exported here: :mod:`impls.idx` (the IDX
+format, its checks and the error hierarchy) and :mod:`impls.fetch` (the search
+order, downloads, verification and the cache; see ``data/README.md``).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import http.client
 import os
-import struct
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-DATA_DIR_ENV = "FMBENCH_DATA_DIR"
-CACHE_DIR_ENV = "FMBENCH_CACHE_DIR"
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
+from impls.fetch import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
+    FASHION_MNIST,
+    DatasetNotFoundError,
+    DatasetSpec,
+    DownloadError,
+    FetchedFile,
+    default_cache_dir,
+    fetch,
+)
+from impls.idx import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    ChecksumError,
+    CorruptFileError,
+    DataError,
+    IdxFile,
+    encode_idx,
+    parse_idx,
+    verify,
+)
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CLASS_NAMES",
+    "DATA_DIR_ENV",
+    "FASHION_MNIST",
+    "IMAGE_SIZE",
+    "NUM_CLASSES",
+    "NUM_INPUTS",
+    "ChecksumError",
+    "CorruptFileError",
+    "DataError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "DownloadError",
+    "FashionMNIST",
+    "FetchedFile",
+    "IdxFile",
+    "MinibatchOrder",
+    "batch_bounds",
+    "check_order",
+    "class_names",
+    "default_cache_dir",
+    "encode_idx",
+    "fetch",
+    "load_fashion_mnist",
+    "parse_idx",
+    "resize_images",
+    "split_batches",
+    "to_float32",
+    "verify",
+]
+
+NUM_INPUTS = IMAGE_SIZE * IMAGE_SIZE  # pixels per image: the model's inputs
 
 CLASS_NAMES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )  # fmt: skip
 
-_IDX_UBYTE = 0x08
 
-
-class DataError(Exception):
-    """Base class of every loader error; the message says what to do."""
-
-
-class CorruptFileError(DataError):
-    """A file is not valid IDX (or not valid gzip), or its contents are out of range."""
-
-
-class ChecksumError(DataError):
-    """A file's decompressed content does not have the expected SHA-256."""
-
-
-class DownloadError(DataError):
-    """Every mirror failed for a file."""
-
-
-class DatasetNotFoundError(DataError):
-    """No verified copy anywhere, and downloading failed or was not allowed."""
-
-
-@dataclass(frozen=True)
-class IdxFile:
-    """One file of a dataset: its name, expected content hash and shape."""
-
-    name: str  # decompressed file name, e.g. "train-images-idx3-ubyte"
-    sha256: str  # of the decompressed content
-    kind: str  # "images" or "labels"
-
-    @property
-    def ndim(self) -> int:
-        return 3 if self.kind == "images" else 1
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Which files make a dataset and where they can be downloaded from."""
-
-    name: str
-    train_images: IdxFile
-    train_labels: IdxFile
-    test_images: IdxFile
-    test_labels: IdxFile
-    mirrors: tuple[str, ...]
-    debian_dir: Path | None = DEBIAN_DIR
-
-    @property
-    def files(self) -> tuple[IdxFile, ...]:
-        return (self.train_images, self.train_labels, self.test_images, self.test_labels)
-
-
-FASHION_MNIST = DatasetSpec(
-    name="fashion-mnist",
-    train_images=IdxFile(
-        "train-images-idx3-ubyte",
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "images",
-    ),
-    train_labels=IdxFile(
-        "train-labels-idx1-ubyte",
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "labels",
-    ),
-    test_images=IdxFile(
-        "t10k-images-idx3-ubyte",
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "images",
-    ),
-    test_labels=IdxFile(
-        "t10k-labels-idx1-ubyte",
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        "labels",
-    ),
-    mirrors=(
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-    ),
-)
+# --------------------------------------------------------------------- loading
 
 
 @dataclass(frozen=True)
@@ -139,348 +101,6 @@ class FashionMNIST:
     @property
     def num_test(self) -> int:
         return len(self.test_labels)
-
-
-@dataclass(frozen=True)
-class FetchedFile:
-    """A verified file: where its content came from and where it is now."""
-
-    spec: IdxFile
-    origin: str  # the path or URL the content was read from
-    path: Path  # a local, decompressed or gzipped copy holding it
-    array: np.ndarray = field(repr=False)  # the decoded, verified content
-
-
-# --------------------------------------------------------------------------- IDX
-
-
-def parse_idx(raw: bytes | bytearray | memoryview, spec: IdxFile, origin: str = "") -> np.ndarray:
-    """Decode an IDX file of unsigned bytes, checking every header field.
-
-    Raises :class:`CorruptFileError` (never ``assert``) naming the file and the
-    problem, so the checks hold under ``python -O``.
-    """
-    where = f"{spec.name} ({origin})" if origin else spec.name
-    if len(raw) < 4:
-        raise CorruptFileError(f"{where}: {len(raw)} bytes, too short for an IDX header")
-    zero_a, zero_b, type_byte, ndim = bytes(raw[:4])
-    if zero_a or zero_b:
-        raise CorruptFileError(
-            f"{where}: bad IDX magic {bytes(raw[:4]).hex()}: the first two bytes must be zero"
-        )
-    if type_byte != _IDX_UBYTE:
-        raise CorruptFileError(
-            f"{where}: IDX type byte 0x{type_byte:02x}, expected 0x08 (unsigned byte)"
-        )
-    if ndim != spec.ndim:
-        other = {1: "a labels file", 3: "an images file"}.get(ndim, "neither images nor labels")
-        raise CorruptFileError(
-            f"{where}: IDX header declares {ndim} dimensions, expected {spec.ndim} for "
-            f"{spec.kind}; this looks like {other} (files swapped?)"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise CorruptFileError(f"{where}: truncated inside the IDX header")
-    dims = struct.unpack(f">{ndim}I", bytes(raw[4:header]))
-    if spec.kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise CorruptFileError(
-            f"{where}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-        )
-    expected = int(np.prod(dims))
-    payload = len(raw) - header
-    if payload < expected:
-        raise CorruptFileError(
-            f"{where}: truncated: {payload} bytes of data, the header promises {expected}"
-        )
-    if payload > expected:
-        raise CorruptFileError(
-            f"{where}: {payload - expected} trailing bytes after the {expected} the header declares"
-        )
-    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-    if spec.kind == "labels" and array.size and int(array.max()) >= NUM_CLASSES:
-        bad = int(np.argmax(array >= NUM_CLASSES))
-        raise CorruptFileError(
-            f"{where}: label {int(array[bad])} at index {bad} is outside 0..{NUM_CLASSES - 1}"
-        )
-    return array
-
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """The IDX bytes of a uint8 array (used to write test fixtures and caches)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, _IDX_UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
-
-
-# ---------------------------------------------------------------- reading files
-
-
-def _read_content(path: Path) -> bytearray:
-    """The decompressed bytes of ``path`` (gzip recognised by its magic, not its name).
-
-    Returned as a ``bytearray`` read straight into place, so arrays decoded from
-    it are writable without another copy.
-    """
-    try:
-        with path.open("rb") as handle:
-            raw = bytearray(os.fstat(handle.fileno()).st_size)
-            del raw[handle.readinto(raw) :]  # in place: no second copy of a 47 MB file
-    except OSError as error:
-        raise DataError(f"{path}: cannot be read ({error})") from error
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return bytearray(gzip.decompress(raw))
-    except (EOFError, OSError, zlib.error) as error:
-        raise CorruptFileError(
-            f"{path}: truncated or corrupt gzip data ({error}); delete it or replace it"
-        ) from error
-
-
-def _sha256(content: bytes | bytearray) -> str:
-    return hashlib.sha256(content).hexdigest()
-
-
-def verify(content: bytes | bytearray, spec: IdxFile, origin: str) -> np.ndarray:
-    """Parse ``content`` and check its SHA-256; return the decoded array."""
-    array = parse_idx(content, spec, origin)
-    actual = _sha256(content)
-    if actual != spec.sha256:
-        raise ChecksumError(
-            f"{spec.name} from {origin}: SHA-256 of the decompressed content is {actual}, "
-            f"expected {spec.sha256}"
-        )
-    return array
-
-
-def _candidates(directory: Path, spec: IdxFile) -> list[Path]:
-    """The copies of ``spec`` present in ``directory``: decompressed first, then gzipped."""
-    paths = [directory / spec.name, directory / f"{spec.name}.gz"]
-    return [path for path in paths if path.is_file()]
-
-
-def _write_atomically(target: Path, content: bytes | bytearray) -> None:
-    """Write ``content`` to ``target`` via a temporary file and a rename.
-
-    A reader (another process loading into the same cache) sees either no file
-    or a complete one; an error or Ctrl-C leaves no partial file behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: others could not read the cache
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once, at import, rather than flipped while other threads run
-
-
-# -------------------------------------------------------------------- download
-
-_RETRYABLE_HTTP = frozenset({408, 429})  # 4xx codes that mean "try again", not "not here"
-
-
-def download(url: str, *, timeout: float, retries: int, chunk_bytes: int = 1 << 20) -> bytes:
-    """The body at ``url``, retried ``retries`` times; raises ``DownloadError`` with the cause."""
-    reason = "not tried"
-    attempts = 0
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
-        attempts += 1
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                declared = response.headers.get("Content-Length")
-                chunks = []
-                while chunk := response.read(chunk_bytes):
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-            # http.client ends a read early without error when the server closes the
-            # connection: a body shorter than its Content-Length is a broken download.
-            if declared is not None and declared.isdigit() and len(body) != int(declared):
-                raise http.client.IncompleteRead(body, int(declared) - len(body))
-            return body
-        except urllib.error.HTTPError as error:
-            error.close()
-            reason = f"HTTP {error.code} {error.reason}"
-            if 400 <= error.code < 500 and error.code not in _RETRYABLE_HTTP:
-                break  # the file is not there: retrying will not help
-        except http.client.IncompleteRead as error:
-            reason = f"connection closed after {len(error.partial)} bytes of the body"
-            if error.expected:
-                reason += f", {error.expected} bytes short"
-        except (OSError, ValueError, http.client.HTTPException) as error:
-            cause = getattr(error, "reason", error)  # URLError wraps the real cause
-            if isinstance(cause, (ValueError, http.client.InvalidURL)):
-                # a malformed mirror URL: retrying will not help
-                reason = f"invalid URL ({cause})"
-                break
-            if isinstance(cause, TimeoutError):
-                reason = f"no answer within the {timeout:g} s timeout ({cause or 'timed out'})"
-            else:
-                reason = f"{type(cause).__name__}: {cause}"
-    tries = f" ({attempts} attempts)" if attempts > 1 else ""
-    raise DownloadError(f"{url}: {reason}{tries}")
-
-
-def _download_verified(
-    spec: IdxFile, mirrors: Sequence[str], *, timeout: float, retries: int, failures: list[str]
-) -> tuple[str, bytearray] | None:
-    """Try each mirror in turn; the first verified content wins."""
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + f"/{spec.name}.gz"
-        try:
-            compressed = download(url, timeout=timeout, retries=retries)
-        except DownloadError as error:
-            failures.append(f"  download {error}")
-            continue
-        try:
-            content = bytearray(
-                gzip.decompress(compressed) if compressed[:2] == b"\x1f\x8b" else compressed
-            )
-            verify(content, spec, url)
-        except DataError as error:  # names the URL already
-            failures.append(f"  download {error}")
-            continue
-        except (EOFError, OSError, zlib.error) as error:
-            failures.append(f"  download {url}: truncated or corrupt gzip data ({error})")
-            continue
-        return url, content
-    return None
-
-
-# ---------------------------------------------------------------------- lookup
-
-
-def default_cache_dir() -> Path:
-    """Where downloads and decompressed copies go.
-
-    ``$FMBENCH_CACHE_DIR`` if set; else the repo's ``data/`` when running from a
-    source checkout (or an editable install); else ``~/.cache/fmbench``.
-    """
-    if env := os.environ.get(CACHE_DIR_ENV):
-        return Path(env).expanduser()
-    repo_data = Path(__file__).resolve().parent.parent / "data"
-    if (repo_data / "README.md").is_file():
-        return repo_data
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fmbench"
-
-
-def _search_dirs(
-    data_dir: str | os.PathLike[str] | None, cache: Path, spec: DatasetSpec
-) -> list[tuple[str, Path, bool]]:
-    """(label, directory, is_cache) in search order; explicit places come first."""
-    places: list[tuple[str, Path, bool]] = []
-    if data_dir is not None:
-        places.append(("--data-dir", Path(data_dir).expanduser(), False))
-    if env := os.environ.get(DATA_DIR_ENV):
-        places.append((f"${DATA_DIR_ENV}", Path(env).expanduser(), False))
-    places.append(("cache", cache, True))
-    if spec.debian_dir is not None:
-        places.append(("Debian package dataset-fashion-mnist", spec.debian_dir, False))
-    return places
-
-
-def fetch(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    spec: DatasetSpec = FASHION_MNIST,
-    timeout: float = 30.0,
-    retries: int = 2,
-) -> dict[str, FetchedFile]:
-    """Find, verify and cache every file of ``spec``; keyed by file name.
-
-    A file found in an explicit place (``data_dir``, ``$FMBENCH_DATA_DIR``) that
-    fails verification is an error: the user pointed at it. A bad copy in the
-    cache is deleted and replaced; a bad Debian copy is passed over.
-    """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache_home = cache / spec.name
-    places = _search_dirs(data_dir, cache_home, spec)
-    for label, directory, _ in places:
-        if label.startswith(("--", "$")) and not directory.is_dir():
-            raise DataError(f"{label} {directory} is not a readable directory")
-    fetched: dict[str, FetchedFile] = {}
-    for file_spec in spec.files:
-        fetched[file_spec.name] = _fetch_one(
-            file_spec,
-            places,
-            cache_home,
-            spec,
-            download=download,
-            timeout=timeout,
-            retries=retries,
-        )
-    return fetched
-
-
-def _fetch_one(
-    file_spec: IdxFile,
-    places: list[tuple[str, Path, bool]],
-    cache_home: Path,
-    spec: DatasetSpec,
-    *,
-    download: bool,
-    timeout: float,
-    retries: int,
-) -> FetchedFile:
-    failures: list[str] = []
-    for label, directory, is_cache in places:
-        found = _candidates(directory, file_spec)
-        if not found:
-            failures.append(f"  {label}: {directory}: not there")
-        for path in found:
-            try:
-                content = _read_content(path)
-                array = verify(content, file_spec, str(path))
-            except DataError as error:
-                if is_cache:
-                    path.unlink(missing_ok=True)  # never reuse a bad cached copy
-                    failures.append(f"  {label}: removed bad copy: {error}")
-                    continue
-                if not label.startswith("Debian"):
-                    raise
-                failures.append(f"  {label}: {error}")
-                continue
-            if path.suffix == ".gz":  # keep a decompressed copy so the next load skips gzip
-                _write_atomically(cache_home / file_spec.name, content)
-            return FetchedFile(file_spec, str(path), path, array)
-    if download:
-        result = _download_verified(
-            file_spec, spec.mirrors, timeout=timeout, retries=retries, failures=failures
-        )
-        if result is not None:
-            url, content = result
-            target = cache_home / file_spec.name
-            _write_atomically(target, content)
-            return FetchedFile(file_spec, url, target, parse_idx(content, file_spec, url))
-    else:
-        failures.append("  download: not allowed (download=False)")
-    raise DatasetNotFoundError(
-        f"no verified copy of {file_spec.name} could be found or downloaded. Looked in:\n"
-        + "\n".join(failures)
-        + "\nFix it either way: connect to the internet so it can be downloaded into "
-        f"{cache_home}, or install the files (as root: apt-get install dataset-fashion-mnist) "
-        f"or pass a directory holding them (--data-dir or ${DATA_DIR_ENV})."
-    )
-
-
-# --------------------------------------------------------------------- loading
 
 
 def load_fashion_mnist(
@@ -583,30 +203,26 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MinibatchOrder:
-    """The minibatch order every implementation consumes, from one seed.
+    """The order in which every implementation visits the training set, from one seed.
 
-    Training: a fresh permutation each epoch (the seed's ``shuffle=True``), cut
-    into consecutive batches with the last partial batch kept. Test: file order.
-    PCG64 streams are the same on every platform, so the same seed gives the same
-    order on any machine.
+    A fresh permutation each epoch (the seed's ``shuffle=True``); the trainers
+    cut it into consecutive batches of ``TrainConfig.batch_size`` (the batch
+    size's one owner, see :func:`split_batches`), the last partial batch kept.
+    PCG64 streams are the same on every platform, so the same seed gives the
+    same order on any machine.
     """
 
     num_examples: int
-    batch_size: int
     seed: int
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 1:
+            raise ValueError(f"an order needs at least one example, got {self.num_examples}")
 
     def epoch(self, epoch: int) -> np.ndarray:
         """The permutation of training indices for ``epoch`` (counted from 0)."""
         rng = np.random.default_rng([self.seed, 1, epoch])
         return rng.permutation(self.num_examples)
-
-    @property
-    def num_batches(self) -> int:
-        return -(-self.num_examples // self.batch_size)
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """``epoch``'s minibatches as index arrays."""
-        return split_batches(self.epoch(epoch), self.batch_size)
 
 
 def check_order(order: np.ndarray, num_examples: int) -> np.ndarray:

@@ -1,38 +1,26 @@
-"""The Fashion-MNIST loader: IDX checks, the search order, the cache, downloads, batches.
+"""The loader's public face (impls.data): arrays, constants, re-exports, the minibatch order.
 
-Everything but the ``real_data`` tests runs on tiny generated IDX files and a
-local HTTP server on 127.0.0.1 (an ephemeral port): no test touches the network.
+Finding and downloading the files is tested in ``test_fetch.py``, the IDX format
+in ``test_idx.py``; the ``real_data`` tests compare the arrays with torchvision.
 """
 
 from __future__ import annotations
 
-import collections
 import gzip
 import hashlib
 import itertools
-import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from impls import data
+from impls import data, idx
+from impls import fetch as fetching
 from impls.data import (
     CLASS_NAMES,
     FASHION_MNIST,
-    ChecksumError,
     CorruptFileError,
     DataError,
-    DatasetNotFoundError,
     DatasetSpec,
     IdxFile,
     MinibatchOrder,
@@ -42,18 +30,12 @@ from impls.data import (
     encode_idx,
     fetch,
     load_fashion_mnist,
-    parse_idx,
     resize_images,
     split_batches,
     to_float32,
-    verify,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 NAMES = tuple(f.name for f in FASHION_MNIST.files)
-TIMEOUT = 1.0  # seconds; every download in these tests is local
-
-# ------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -63,333 +45,72 @@ def _no_ambient_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FMBENCH_CACHE_DIR", raising=False)
 
 
-def _sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
+def _write_dataset(directory: Path, n_train: int = 12, n_labels: int = 12) -> DatasetSpec:
+    """Four small IDX files in ``directory`` (5 test examples); the spec that accepts them."""
+    rng = np.random.default_rng(7)
+    arrays = (
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_labels, dtype=np.uint8),
+        rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 5, dtype=np.uint8),
+    )
+    directory.mkdir(parents=True)
+    files = []
+    for name, kind, array in zip(NAMES, ("images", "labels") * 2, arrays, strict=True):
+        content = encode_idx(array)
+        (directory / name).write_bytes(content)
+        files.append(IdxFile(name, hashlib.sha256(content).hexdigest(), kind))
+    return DatasetSpec("tiny-fashion", *files, mirrors=(), debian_dir=None)
 
 
-def _gzip(content: bytes, level: int = 9, mtime: int = 0) -> bytes:
-    return gzip.compress(content, compresslevel=level, mtime=mtime)
+# ------------------------------------------------------------------ the loader
 
 
-@dataclass
-class Tiny:
-    """A small dataset with real shapes (12 train, 5 test): contents and arrays by name."""
-
-    arrays: dict[str, np.ndarray]
-    contents: dict[str, bytes] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.contents = {name: encode_idx(array) for name, array in self.arrays.items()}
-
-    def spec(self, mirrors: tuple[str, ...] = (), debian_dir: Path | None = None) -> DatasetSpec:
-        def idx(name: str, kind: str) -> IdxFile:
-            return IdxFile(name, _sha256(self.contents[name]), kind)
-
-        return DatasetSpec(
-            name="tiny-fashion",
-            train_images=idx(NAMES[0], "images"),
-            train_labels=idx(NAMES[1], "labels"),
-            test_images=idx(NAMES[2], "images"),
-            test_labels=idx(NAMES[3], "labels"),
-            mirrors=mirrors,
-            debian_dir=debian_dir,
-        )
-
-    def write(self, directory: Path, *, gz: bool = False, level: int = 9, mtime: int = 0) -> Path:
-        """Write the four files into ``directory`` (gzipped as the Debian package ships them)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, content in self.contents.items():
-            if gz:
-                (directory / f"{name}.gz").write_bytes(_gzip(content, level, mtime))
-            else:
-                (directory / name).write_bytes(content)
-        return directory
-
-    def check(self, loaded: data.FashionMNIST) -> None:
-        np.testing.assert_array_equal(loaded.train_images, self.arrays[NAMES[0]])
-        np.testing.assert_array_equal(loaded.train_labels, self.arrays[NAMES[1]])
-        np.testing.assert_array_equal(loaded.test_images, self.arrays[NAMES[2]])
-        np.testing.assert_array_equal(loaded.test_labels, self.arrays[NAMES[3]])
-        assert loaded.train_images.dtype == np.uint8
-        assert loaded.train_labels.dtype == np.int64
-        assert loaded.test_labels.dtype == np.int64
+def test_load_resize_gives_resized_images(tmp_path):
+    spec = _write_dataset(tmp_path / "mine")
+    plain = load_fashion_mnist(tmp_path / "mine", cache_dir=tmp_path / "cache", spec=spec)
+    loaded = load_fashion_mnist(
+        tmp_path / "mine", cache_dir=tmp_path / "cache", spec=spec, resize=14
+    )
+    assert loaded.train_images.shape == (12, 14, 14)
+    assert loaded.test_images.shape == (5, 14, 14)
+    np.testing.assert_array_equal(loaded.train_images, resize_images(plain.train_images, 14))
+    np.testing.assert_array_equal(loaded.train_labels, plain.train_labels)
 
 
-def _make_arrays(n_train: int = 12, n_test: int = 5, seed: int = 7) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        NAMES[0]: rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        NAMES[1]: rng.integers(0, 10, n_train, dtype=np.uint8),
-        NAMES[2]: rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        NAMES[3]: rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
+def test_count_mismatch_between_images_and_labels(tmp_path):
+    spec = _write_dataset(tmp_path / "mine", n_labels=11)  # 11 labels for 12 images
+    with pytest.raises(CorruptFileError, match=f"{NAMES[0]} holds 12 images but {NAMES[1]} "):
+        load_fashion_mnist(tmp_path / "mine", cache_dir=tmp_path / "cache", spec=spec)
 
 
-@pytest.fixture
-def tiny() -> Tiny:
-    return Tiny(_make_arrays())
+REEXPORTED = {
+    idx: ("DataError", "CorruptFileError", "ChecksumError", "IdxFile", "encode_idx", "verify"),
+    fetching: (
+        "DownloadError",
+        "DatasetNotFoundError",
+        "FASHION_MNIST",
+        "fetch",
+        "default_cache_dir",
+    ),
+}
 
 
-@dataclass
-class Reply:
-    """One scripted answer of the test server."""
-
-    status: int = 200
-    body: bytes | None = None  # None: the file served at that path
-    declared_length: int | None = None  # a Content-Length that lies about the body
-    delay: float = 0.0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: LocalServer
-
-    def do_GET(self) -> None:
-        reply = self.server.next_reply(self.path)
-        if reply.delay:
-            time.sleep(reply.delay)
-        if self.path in self.server.barriers:
-            self.server.barriers[self.path].wait()
-        body = reply.body
-        if body is None:
-            body = self.server.files.get(self.path)
-        if reply.status != 200:
-            self.send_error(reply.status)
-            return
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/gzip")
-        length = len(body) if reply.declared_length is None else reply.declared_length
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # keep pytest's output clean
-
-
-class LocalServer(ThreadingHTTPServer):
-    """An HTTP server on 127.0.0.1 whose answers each test programs.
-
-    ``serve(mirror, contents)`` publishes gzipped files under ``/<mirror>/``;
-    ``plan(path, *replies)`` queues scripted replies for a path, used before the
-    served file; ``requests`` logs every path asked for, in order.
-    """
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.plans: dict[str, collections.deque[Reply]] = {}
-        self.barriers: dict[str, threading.Barrier] = {}
-        self.requests: list[str] = []
-        self._lock = threading.Lock()
-
-    def url(self, mirror: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{mirror}/"
-
-    def serve(self, mirror: str, contents: dict[str, bytes]) -> str:
-        for name, content in contents.items():
-            self.files[f"/{mirror}/{name}.gz"] = _gzip(content)
-        return self.url(mirror)
-
-    def plan(self, path: str, *replies: Reply) -> None:
-        self.plans.setdefault(path, collections.deque()).extend(replies)
-
-    def next_reply(self, path: str) -> Reply:
-        with self._lock:
-            self.requests.append(path)
-            queue = self.plans.get(path)
-            return queue.popleft() if queue else Reply()
-
-    def count(self, path: str) -> int:
-        return self.requests.count(path)
-
-    def handle_error(self, request, client_address) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up waiting
-            super().handle_error(request, client_address)
-
-
-@pytest.fixture
-def server():
-    httpd = LocalServer()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
-
-
-@pytest.fixture
-def silent_url():
-    """A URL whose server accepts the connection (the kernel's backlog) and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/silent/"
-    finally:
-        sock.close()
-
-
-@pytest.fixture
-def garbage_url():
-    """A URL whose server answers every request with something that is not HTTP."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.settimeout(0.05)
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(1.0)
-                conn.recv(65536)
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-
-    thread = threading.Thread(target=answer)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/junk/"
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
-
-
-def _load(spec: DatasetSpec, cache: Path, data_dir: Path | None = None, **kwargs):
-    kwargs.setdefault("timeout", TIMEOUT)
-    kwargs.setdefault("retries", 1)
-    return load_fashion_mnist(data_dir, cache_dir=cache, spec=spec, **kwargs)
-
-
-def _files_under(directory: Path) -> list[str]:
-    """Every file below ``directory`` (hidden ``.part`` files included), relative, sorted."""
-    if not directory.exists():
-        return []
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _corrupt(content: bytes) -> bytes:
-    """Same length and a valid header, one pixel changed: only the checksum can tell."""
-    flipped = bytearray(content)
-    flipped[-1] ^= 0x01
-    return bytes(flipped)
-
-
-# ------------------------------------------------------------------ IDX parsing
-
-IMAGES = IdxFile("train-images-idx3-ubyte", "0" * 64, "images")
-LABELS = IdxFile("train-labels-idx1-ubyte", "0" * 64, "labels")
-GOOD_IMAGES = encode_idx(np.arange(2 * 28 * 28, dtype=np.uint64).reshape(2, 28, 28) % 256)
-GOOD_LABELS = encode_idx(np.array([0, 9, 3], dtype=np.uint8))
+@pytest.mark.parametrize("module", list(REEXPORTED), ids=lambda module: module.__name__)
+def test_data_reexports_the_one_definition_of_each_name(module):
+    for name in REEXPORTED[module]:
+        assert getattr(data, name) is getattr(module, name), name
+        assert name in data.__all__
 
 
 @pytest.mark.parametrize(
-    ("spec", "raw", "shape"),
-    [(IMAGES, GOOD_IMAGES, (2, 28, 28)), (LABELS, GOOD_LABELS, (3,))],
-    ids=["images", "labels"],
-)
-def test_parse_idx_decodes_what_encode_idx_wrote(spec, raw, shape):
-    array = parse_idx(raw, spec)
-    assert array.shape == shape
-    assert array.dtype == np.uint8
-    assert encode_idx(array) == raw
-    assert raw[:4] == bytes([0, 0, 8, len(shape)])  # the IDX magic, 0x0000080N
-
-
-def _with_header_byte(raw: bytes, index: int, value: int) -> bytes:
-    return raw[:index] + bytes([value]) + raw[index + 1 :]
-
-
-@pytest.mark.parametrize(
-    ("spec", "raw", "message"),
+    "error",
     [
-        (LABELS, GOOD_IMAGES, r"3 dimensions, expected 1 .*images file \(files swapped\?\)"),
-        (IMAGES, GOOD_LABELS, r"1 dimensions, expected 3 .*labels file \(files swapped\?\)"),
-        (IMAGES, _with_header_byte(GOOD_IMAGES, 0, 1), "bad IDX magic 01000803"),
-        (LABELS, _with_header_byte(GOOD_LABELS, 1, 0x1F), "bad IDX magic 001f0801"),
-        (IMAGES, _with_header_byte(GOOD_IMAGES, 2, 0x0D), "type byte 0x0d, expected 0x08"),
-        (LABELS, _with_header_byte(GOOD_LABELS, 3, 2), "2 dimensions, expected 1"),
-        (IMAGES, _with_header_byte(GOOD_IMAGES, 3, 4), "4 dimensions, expected 3"),
-        (IMAGES, b"", "0 bytes, too short"),
-        (IMAGES, GOOD_IMAGES[:10], "truncated inside the IDX header"),
-        (IMAGES, encode_idx(np.zeros((2, 27, 28), np.uint8)), "27x28, expected 28x28"),
+        idx.CorruptFileError,
+        idx.ChecksumError,
+        fetching.DownloadError,
+        fetching.DatasetNotFoundError,
     ],
-    ids=[
-        "images-as-labels",
-        "labels-as-images",
-        "nonzero-first-byte",
-        "nonzero-second-byte",
-        "float-type-byte",
-        "labels-with-2-dims",
-        "images-with-4-dims",
-        "empty",
-        "cut-in-header",
-        "wrong-image-size",
-    ],
-)
-def test_parse_idx_rejects_bad_header(spec, raw, message):
-    with pytest.raises(CorruptFileError, match=message) as caught:
-        parse_idx(raw, spec, origin="/some/dir")
-    assert f"{spec.name} (/some/dir)" in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("spec", "raw", "message"),
-    [
-        (IMAGES, GOOD_IMAGES[:-1], "truncated: 1567 bytes of data, the header promises 1568"),
-        (LABELS, GOOD_LABELS[:-2], "truncated: 1 bytes of data, the header promises 3"),
-        (IMAGES, GOOD_IMAGES + b"\0", "1 trailing bytes after the 1568"),
-        (LABELS, GOOD_LABELS + b"\0\0\0", "3 trailing bytes after the 3"),
-    ],
-    ids=["images-short", "labels-short", "images-trailing", "labels-trailing"],
-)
-def test_parse_idx_rejects_wrong_payload_length(spec, raw, message):
-    with pytest.raises(CorruptFileError, match=message):
-        parse_idx(raw, spec)
-
-
-@pytest.mark.parametrize("bad_label", [10, 255], ids=["label-10", "label-255"])
-def test_parse_idx_rejects_label_out_of_range(bad_label):
-    raw = encode_idx(np.array([1, 2, bad_label, 3], dtype=np.uint8))
-    with pytest.raises(CorruptFileError, match=rf"label {bad_label} at index 2 is outside 0\.\.9"):
-        parse_idx(raw, LABELS)
-
-
-def test_verify_checksum_error_names_file_origin_and_both_hashes():
-    spec = IdxFile(LABELS.name, _sha256(GOOD_LABELS), "labels")
-    np.testing.assert_array_equal(verify(GOOD_LABELS, spec, "here"), [0, 9, 3])
-    other = encode_idx(np.array([0, 9, 4], dtype=np.uint8))
-    with pytest.raises(ChecksumError) as caught:
-        verify(other, spec, "http://mirror/x.gz")
-    message = str(caught.value)
-    assert LABELS.name in message
-    assert "http://mirror/x.gz" in message
-    assert f"is {_sha256(other)}" in message
-    assert f"expected {spec.sha256}" in message
-
-
-@pytest.mark.parametrize(
-    "error", [CorruptFileError, ChecksumError, data.DownloadError, DatasetNotFoundError]
 )
 def test_loader_errors_are_data_errors(error):
     assert issubclass(error, DataError)
@@ -397,448 +118,26 @@ def test_loader_errors_are_data_errors(error):
     assert not issubclass(error, AssertionError)
 
 
-def test_checks_hold_under_python_dash_o():
-    script = textwrap.dedent(
-        """
-        import sys
-        import numpy as np
-        from impls.data import CorruptFileError, ChecksumError, IdxFile, encode_idx, verify
-        assert False  # stripped: proves -O is in effect
-        print(sys.flags.optimize)
-        spec = IdxFile("train-labels-idx1-ubyte", "0" * 64, "labels")
-        for raw in (encode_idx(np.array([1, 12], np.uint8)), b"\\x00\\x00\\x08\\x01\\x00",
-                    encode_idx(np.array([1, 2], np.uint8))):
-            try:
-                verify(raw, spec, "test")
-            except (CorruptFileError, ChecksumError) as error:
-                print(type(error).__name__)
-            else:
-                print("accepted")
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-O", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "CorruptFileError", "CorruptFileError", "ChecksumError"]
-
-
-# -------------------------------------------------------- finding local files
-
-
-@pytest.mark.parametrize("gz", [False, True], ids=["decompressed", "gzipped"])
-def test_load_from_explicit_dir(tiny, tmp_path, gz):
-    source = tiny.write(tmp_path / "mine", gz=gz)
-    loaded = _load(tiny.spec(), tmp_path / "cache", source, download=False)
-    tiny.check(loaded)
-    suffix = ".gz" if gz else ""
-    assert loaded.sources == tuple(str(source / f"{name}{suffix}") for name in NAMES)
-    assert (loaded.num_train, loaded.num_test) == (12, 5)
-
-
-def test_load_resize_gives_resized_images(tiny, tmp_path):
-    source = tiny.write(tmp_path / "mine")
-    loaded = _load(tiny.spec(), tmp_path / "cache", source, download=False, resize=14)
-    assert loaded.train_images.shape == (12, 14, 14)
-    assert loaded.test_images.shape == (5, 14, 14)
-    np.testing.assert_array_equal(loaded.train_images, resize_images(tiny.arrays[NAMES[0]], 14))
-
-
-def test_truncated_gz_in_explicit_dir_raises(tiny, tmp_path):
-    source = tiny.write(tmp_path / "mine", gz=True)
-    target = source / f"{NAMES[0]}.gz"
-    target.write_bytes(target.read_bytes()[:-100])
-    with pytest.raises(CorruptFileError, match="truncated or corrupt gzip") as caught:
-        _load(tiny.spec(), tmp_path / "cache", source, download=False)
-    assert str(target) in str(caught.value)
-
-
-def test_checksum_mismatch_in_explicit_dir_names_file_hashes_and_place(tiny, tmp_path):
-    source = tiny.write(tmp_path / "mine")
-    bad = _corrupt(tiny.contents[NAMES[2]])
-    (source / NAMES[2]).write_bytes(bad)
-    spec = tiny.spec()
-    with pytest.raises(ChecksumError) as caught:
-        _load(spec, tmp_path / "cache", source, download=False)
-    message = str(caught.value)
-    assert NAMES[2] in message
-    assert str(source / NAMES[2]) in message
-    assert _sha256(bad) in message
-    assert spec.test_images.sha256 in message
-
-
-def test_count_mismatch_between_images_and_labels(tmp_path):
-    arrays = _make_arrays()
-    arrays[NAMES[1]] = arrays[NAMES[1]][:-1]  # 11 labels for 12 images
-    tiny = Tiny(arrays)
-    source = tiny.write(tmp_path / "mine")
-    with pytest.raises(CorruptFileError, match=f"{NAMES[0]} holds 12 images but {NAMES[1]} "):
-        _load(tiny.spec(), tmp_path / "cache", source, download=False)
-
-
-def test_debian_recompressed_copy_is_accepted(tiny, tmp_path):
-    upstream = tiny.write(tmp_path / "upstream", gz=True, level=9, mtime=1_500_000_000)
-    debian = tiny.write(tmp_path / "debian", gz=True, level=1, mtime=1_591_000_000)
-    for name in NAMES:
-        assert (upstream / f"{name}.gz").read_bytes() != (debian / f"{name}.gz").read_bytes()
-    tiny.check(_load(tiny.spec(debian_dir=upstream), tmp_path / "cache1", download=False))
-    loaded = _load(tiny.spec(debian_dir=debian), tmp_path / "cache2", download=False)
-    tiny.check(loaded)
-    assert loaded.sources == tuple(str(debian / f"{name}.gz") for name in NAMES)
-
-
-PLACES = ("explicit", "env", "cache", "debian", "download")
-
-
-@pytest.mark.parametrize("first", PLACES)
-def test_search_order(tiny, tmp_path, monkeypatch, server, first):
-    """Explicit dir > $FMBENCH_DATA_DIR > cache > Debian dir > download: the first one wins."""
-    dirs = {
-        "explicit": tmp_path / "explicit",
-        "env": tmp_path / "env",
-        "cache": tmp_path / "cache" / "tiny-fashion",
-        "debian": tmp_path / "debian",
-    }
-    present = PLACES[PLACES.index(first) :]
-    for place, directory in dirs.items():
-        directory.mkdir(parents=True)
-        if place in present:
-            tiny.write(directory, gz=place == "debian")
-    monkeypatch.setenv("FMBENCH_DATA_DIR", str(dirs["env"]))
-    mirror = server.serve("m", tiny.contents)
-    spec = tiny.spec(mirrors=(mirror,), debian_dir=dirs["debian"])
-    loaded = _load(spec, tmp_path / "cache", dirs["explicit"])
-    tiny.check(loaded)
-    if first == "download":
-        expected = tuple(f"{mirror}{name}.gz" for name in NAMES)
-    else:
-        suffix = ".gz" if first == "debian" else ""
-        expected = tuple(str(dirs[first] / f"{name}{suffix}") for name in NAMES)
-    assert loaded.sources == expected
-    assert server.requests == ([f"/m/{name}.gz" for name in NAMES] if first == "download" else [])
-
-
-def test_gz_source_is_cached_decompressed_and_next_load_reads_cache(tiny, tmp_path):
-    debian = tiny.write(tmp_path / "debian", gz=True)
-    spec = tiny.spec(debian_dir=debian)
-    first = _load(spec, tmp_path / "cache", download=False)
-    assert first.sources == tuple(str(debian / f"{name}.gz") for name in NAMES)
-    home = tmp_path / "cache" / "tiny-fashion"
-    assert _files_under(home) == sorted(NAMES)
-    for name in NAMES:
-        assert (home / name).read_bytes() == tiny.contents[name]
-        # the cache gets the umask's permissions, not mkstemp's owner-only 0600
-        assert (home / name).stat().st_mode & 0o777 == 0o666 & ~_umask()
-    second = _load(spec, tmp_path / "cache", download=False)
-    tiny.check(second)
-    assert second.sources == tuple(str(home / name) for name in NAMES)
-
-
-def test_gzipped_copy_in_cache_is_decompressed_beside_it(tiny, tmp_path):
-    home = tiny.write(tmp_path / "cache" / "tiny-fashion", gz=True)
-    tiny.check(_load(tiny.spec(), tmp_path / "cache", download=False))
-    second = _load(tiny.spec(), tmp_path / "cache", download=False)
-    assert second.sources == tuple(str(home / name) for name in NAMES)
-
-
-@pytest.mark.parametrize("replacement", ["debian", "download"])
-def test_corrupt_cached_file_is_replaced_by_verified_copy(tiny, tmp_path, server, replacement):
-    home = tiny.write(tmp_path / "cache" / "tiny-fashion")
-    (home / NAMES[0]).write_bytes(_corrupt(tiny.contents[NAMES[0]]))
-    (home / NAMES[3]).write_bytes(tiny.contents[NAMES[3]][:-1])  # truncated as well
-    debian = tiny.write(tmp_path / "debian", gz=True) if replacement == "debian" else None
-    mirror = server.serve("m", tiny.contents)
-    loaded = _load(tiny.spec(mirrors=(mirror,), debian_dir=debian), tmp_path / "cache")
-    tiny.check(loaded)
-    fresh = str(debian / f"{NAMES[0]}.gz") if debian else f"{mirror}{NAMES[0]}.gz"
-    assert loaded.sources[0] == fresh
-    assert loaded.sources[1:3] == (str(home / NAMES[1]), str(home / NAMES[2]))
-    assert loaded.sources[3] == fresh.replace(NAMES[0], NAMES[3])
-    assert _files_under(home) == sorted(NAMES)
-    for name in NAMES:
-        assert (home / name).read_bytes() == tiny.contents[name]
-
-
-def test_corrupt_cached_file_is_removed_even_when_the_next_source_is_not_cached(tiny, tmp_path):
-    home = tiny.write(tmp_path / "cache" / "tiny-fashion")
-    (home / NAMES[2]).write_bytes(_corrupt(tiny.contents[NAMES[2]]))
-    debian = tiny.write(tmp_path / "debian")  # decompressed: read in place, not copied
-    loaded = _load(tiny.spec(debian_dir=debian), tmp_path / "cache", download=False)
-    tiny.check(loaded)
-    assert loaded.sources[2] == str(debian / NAMES[2])
-    assert not (home / NAMES[2]).exists()
-
-
-def test_corrupt_cached_file_with_nowhere_else_to_go_is_removed_and_reported(tiny, tmp_path):
-    home = tiny.write(tmp_path / "cache" / "tiny-fashion")
-    (home / NAMES[0]).write_bytes(_corrupt(tiny.contents[NAMES[0]]))
-    with pytest.raises(DatasetNotFoundError) as caught:
-        _load(tiny.spec(), tmp_path / "cache", download=False)
-    assert f"cache: removed bad copy: {NAMES[0]} from {home / NAMES[0]}" in str(caught.value)
-    assert _files_under(home) == sorted(NAMES[1:])
-
-
-@pytest.mark.parametrize("how", ["argument", "env"])
-def test_corrupt_file_in_explicit_dir_raises_rather_than_being_skipped(
-    tiny, tmp_path, monkeypatch, how
-):
-    tiny.write(tmp_path / "cache" / "tiny-fashion")  # a good copy the loader must not fall back to
-    mine = tiny.write(tmp_path / "mine")
-    (mine / NAMES[1]).write_bytes(_corrupt(tiny.contents[NAMES[1]]))
-    if how == "env":
-        monkeypatch.setenv("FMBENCH_DATA_DIR", str(mine))
-    with pytest.raises(ChecksumError, match=str(mine / NAMES[1])):
-        _load(tiny.spec(), tmp_path / "cache", mine if how == "argument" else None)
-
-
-@pytest.mark.parametrize("how", ["argument", "env"])
-def test_missing_explicit_dir_is_a_clear_error(tiny, tmp_path, monkeypatch, how):
-    missing = tmp_path / "no-such-dir"
-    if how == "env":
-        monkeypatch.setenv("FMBENCH_DATA_DIR", str(missing))
-    label = "--data-dir" if how == "argument" else r"\$FMBENCH_DATA_DIR"
-    with pytest.raises(DataError, match=rf"{label} {missing} is not a readable directory"):
-        _load(tiny.spec(), tmp_path / "cache", missing if how == "argument" else None)
-
-
-def test_nothing_anywhere_without_download_lists_every_place(tiny, tmp_path, monkeypatch):
-    mine, env, debian = (tmp_path / d for d in ("mine", "env", "debian"))
-    for directory in (mine, env, debian):
-        directory.mkdir()
-    monkeypatch.setenv("FMBENCH_DATA_DIR", str(env))
-    with pytest.raises(DatasetNotFoundError) as caught:
-        _load(tiny.spec(debian_dir=debian), tmp_path / "cache", mine, download=False)
-    message = str(caught.value)
-    for place in (mine, env, tmp_path / "cache" / "tiny-fashion", debian):
-        assert f"{place}: not there" in message
-    assert "download: not allowed (download=False)" in message
-    assert "apt-get install dataset-fashion-mnist" in message
-
-
-# ------------------------------------------------------------------ downloads
-
-
-def test_download_then_cache_serves_the_next_load(tiny, tmp_path, server):
-    mirror = server.serve("m", tiny.contents)
-    spec = tiny.spec(mirrors=(mirror,))
-    first = _load(spec, tmp_path / "cache")
-    tiny.check(first)
-    assert first.sources == tuple(f"{mirror}{name}.gz" for name in NAMES)
-    home = tmp_path / "cache" / "tiny-fashion"
-    assert _files_under(home) == sorted(NAMES)
-    second = _load(spec, tmp_path / "cache", download=False)
-    tiny.check(second)
-    assert second.sources == tuple(str(home / name) for name in NAMES)
-    assert len(server.requests) == 4  # the second load asked for nothing
-
-
-def test_mirror_404_falls_through_to_second_mirror(tiny, tmp_path, server):
-    broken = server.url("gone")  # serves nothing: every file is a 404
-    good = server.serve("good", tiny.contents)
-    loaded = _load(tiny.spec(mirrors=(broken, good)), tmp_path / "cache", retries=2)
-    tiny.check(loaded)
-    assert loaded.sources == tuple(f"{good}{name}.gz" for name in NAMES)
-    for name in NAMES:
-        assert server.count(f"/gone/{name}.gz") == 1  # a 404 is not retried
-        assert server.count(f"/good/{name}.gz") == 1
-
-
-def test_transient_500_is_retried(tiny, tmp_path, server):
-    mirror = server.serve("m", tiny.contents)
-    path = f"/m/{NAMES[0]}.gz"
-    server.plan(path, Reply(status=500), Reply(status=503))
-    loaded = _load(tiny.spec(mirrors=(mirror,)), tmp_path / "cache", retries=2)
-    tiny.check(loaded)
-    assert loaded.sources[0] == f"{mirror}{NAMES[0]}.gz"
-    assert server.count(path) == 3
-
-
-def test_answer_slower_than_timeout_is_retried(tiny, tmp_path, server):
-    mirror = server.serve("m", tiny.contents)
-    path = f"/m/{NAMES[1]}.gz"
-    server.plan(path, Reply(delay=1.0))
-    start = time.monotonic()
-    loaded = _load(tiny.spec(mirrors=(mirror,)), tmp_path / "cache", timeout=0.3, retries=1)
-    tiny.check(loaded)
-    assert loaded.sources[1] == f"{mirror}{NAMES[1]}.gz"
-    assert server.count(path) == 2
-    assert time.monotonic() - start < 0.9  # the second try did not wait for the first answer
-
-
-def test_short_body_is_retried(tiny, tmp_path, server):
-    mirror = server.serve("m", tiny.contents)
-    path = f"/m/{NAMES[0]}.gz"
-    whole = server.files[path]
-    server.plan(path, Reply(body=whole[: len(whole) // 2], declared_length=len(whole)))
-    tiny.check(_load(tiny.spec(mirrors=(mirror,)), tmp_path / "cache", retries=1))
-    assert server.count(path) == 2
-
-
-def test_every_mirror_failing_gives_one_error_listing_urls_places_and_fixes(tiny, tmp_path, server):
-    first, second = server.url("a"), server.url("b")
-    for name in NAMES:
-        server.plan(f"/b/{name}.gz", *[Reply(status=500)] * 3)
-    debian = tmp_path / "debian"
-    mine = tiny.write(tmp_path / "mine")
-    (mine / NAMES[0]).unlink()
-    spec = tiny.spec(mirrors=(first, second), debian_dir=debian)
-    with pytest.raises(DatasetNotFoundError) as caught:
-        _load(spec, tmp_path / "cache", mine, retries=1)
-    message = str(caught.value)
-    assert f"no verified copy of {NAMES[0]}" in message
-    assert f"{first}{NAMES[0]}.gz: HTTP 404" in message
-    assert f"{second}{NAMES[0]}.gz: HTTP 500" in message
-    assert "(2 attempts)" in message
-    for place in (mine, tmp_path / "cache" / "tiny-fashion", debian):
-        assert str(place) in message
-    assert "connect to the internet" in message
-    assert "apt-get install dataset-fashion-mnist" in message
-    assert "--data-dir" in message
-    assert "$FMBENCH_DATA_DIR" in message
-    assert _files_under(tmp_path / "cache") == []
-
-
-def test_server_that_never_answers_times_out(tiny, tmp_path, silent_url):
-    start = time.monotonic()
-    with pytest.raises(DatasetNotFoundError) as caught:
-        _load(tiny.spec(mirrors=(silent_url,)), tmp_path / "cache", timeout=0.5, retries=0)
-    elapsed = time.monotonic() - start
-    assert 0.4 < elapsed < 3.0
-    assert f"{silent_url}{NAMES[0]}.gz: no answer within the 0.5 s timeout" in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("mirror", "expected"),
-    [
-        (None, "BadStatusLine"),
-        ("http://127.0.0.1:notaport/", "invalid URL .*nonnumeric port"),
-        ("gopher://127.0.0.1/", "unknown url type: gopher"),
-    ],
-    ids=["not-http", "bad-port", "unknown-scheme"],
-)
-def test_broken_mirror_is_a_reported_failure_not_a_crash(
-    tiny, tmp_path, server, garbage_url, mirror, expected
-):
-    good = server.serve("good", tiny.contents)
-    spec = tiny.spec(mirrors=(mirror or garbage_url, good))
-    tiny.check(_load(spec, tmp_path / "cache", retries=0))  # the next mirror still serves it
-    with pytest.raises(DatasetNotFoundError, match=expected):
-        _load(tiny.spec(mirrors=(mirror or garbage_url,)), tmp_path / "cache2", retries=0)
-
-
-@pytest.mark.parametrize(
-    "broken",
-    ["short-body", "truncated-gzip", "wrong-checksum", "not-gzip-nor-idx"],
-)
-def test_failed_download_leaves_nothing_in_cache(tiny, tmp_path, server, broken):
-    mirror = server.serve("m", tiny.contents)
-    path = f"/m/{NAMES[0]}.gz"
-    whole = server.files[path]
-    reply = {
-        "short-body": Reply(body=whole[:-50], declared_length=len(whole)),
-        "truncated-gzip": Reply(body=whole[:-50]),
-        "wrong-checksum": Reply(body=_gzip(_corrupt(tiny.contents[NAMES[0]]))),
-        "not-gzip-nor-idx": Reply(body=b"<html>captive portal</html>"),
-    }[broken]
-    server.plan(path, reply, reply)
-    expected = {
-        "short-body": "connection closed after",
-        "truncated-gzip": "truncated or corrupt gzip",
-        "wrong-checksum": "SHA-256 of the decompressed content",
-        "not-gzip-nor-idx": "bad IDX magic",
-    }[broken]
-    with pytest.raises(DatasetNotFoundError, match=expected):
-        _load(tiny.spec(mirrors=(mirror,)), tmp_path / "cache", retries=1)
-    assert _files_under(tmp_path / "cache") == []
-
-
-def test_interrupt_while_writing_cache_leaves_no_partial_file(tiny, tmp_path, server, monkeypatch):
-    mirror = server.serve("m", tiny.contents)
-
-    def interrupted(fd: int) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(data.os, "fsync", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _load(tiny.spec(mirrors=(mirror,)), tmp_path / "cache")
-    assert server.count(f"/m/{NAMES[0]}.gz") == 1  # it got as far as writing
-    assert _files_under(tmp_path / "cache") == []
-
-
-_CONCURRENT_LOAD = """
-import hashlib, json, sys
-from pathlib import Path
-from impls.data import DatasetSpec, IdxFile, load_fashion_mnist
-args = json.loads(sys.argv[1])
-files = [IdxFile(name, sha, kind) for name, sha, kind in args["files"]]
-spec = DatasetSpec("tiny-fashion", *files, mirrors=(args["mirror"],), debian_dir=None)
-loaded = load_fashion_mnist(cache_dir=args["cache"], spec=spec, timeout=10, retries=0)
-arrays = (loaded.train_images, loaded.train_labels, loaded.test_images, loaded.test_labels)
-print(json.dumps({"sources": loaded.sources,
-                  "digests": [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]}))
-"""
-
-
-def test_two_processes_loading_into_empty_cache(tiny, tmp_path, server):
-    mirror = server.serve("m", tiny.contents)
-    for name in NAMES:  # each file is sent only once both processes are asking for it
-        server.barriers[f"/m/{name}.gz"] = threading.Barrier(2, timeout=20)
-    spec = tiny.spec(mirrors=(mirror,))
-    args = json.dumps(
-        {
-            "files": [(f.name, f.sha256, f.kind) for f in spec.files],
-            "mirror": mirror,
-            "cache": str(tmp_path / "cache"),
-        }
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FMBENCH_")}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CONCURRENT_LOAD, args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [proc.communicate(timeout=60) for proc in procs]
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err
-    first, second = (json.loads(out) for out, _ in outputs)
-    assert first["digests"] == second["digests"]
-    arrays = [
-        tiny.arrays[name].astype(np.int64 if "labels" in name else np.uint8) for name in NAMES
-    ]
-    assert first["digests"] == [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
-    assert first["sources"] == second["sources"] == [f"{mirror}{name}.gz" for name in NAMES]
-    assert all(server.count(f"/m/{name}.gz") == 2 for name in NAMES)
-    home = tmp_path / "cache" / "tiny-fashion"
-    assert _files_under(tmp_path / "cache") == sorted(f"tiny-fashion/{name}" for name in NAMES)
-    for name in NAMES:
-        assert (home / name).read_bytes() == tiny.contents[name]
-
-
 # ---------------------------------------------------------------- minibatches
 
 
-def test_minibatch_order_full_training_set_shapes():
-    order = MinibatchOrder(num_examples=60000, batch_size=256, seed=0)
-    batches = order.batches(0)
-    assert order.num_batches == len(batches) == 235
+def test_epoch_cut_into_full_training_set_batches():
+    order = MinibatchOrder(num_examples=60000, seed=0)
+    batches = split_batches(order.epoch(0), 256)  # as every trainer cuts it
+    assert len(batches) == 235
     assert [len(b) for b in batches[:-1]] == [256] * 234
-    assert len(batches[-1]) == 96
+    assert len(batches[-1]) == 96  # the last partial batch is kept
     np.testing.assert_array_equal(np.concatenate(batches), order.epoch(0))
 
 
+@pytest.mark.parametrize("num_examples", [0, -1])
+def test_minibatch_order_needs_an_example(num_examples):
+    with pytest.raises(ValueError, match=f"at least one example, got {num_examples}"):
+        MinibatchOrder(num_examples, seed=0)
+
+
 def test_minibatch_order_every_index_once_and_new_permutation_each_epoch():
-    order = MinibatchOrder(60000, 256, seed=0)
+    order = MinibatchOrder(60000, seed=0)
     epochs = [order.epoch(e) for e in range(3)]
     for perm in epochs:
         assert perm.shape == (60000,)
@@ -849,9 +148,9 @@ def test_minibatch_order_every_index_once_and_new_permutation_each_epoch():
 
 
 def test_minibatch_order_same_seed_same_order_other_seed_differs():
-    a = MinibatchOrder(60000, 256, seed=0)
-    b = MinibatchOrder(60000, 256, seed=0)
-    other = MinibatchOrder(60000, 256, seed=1)
+    a = MinibatchOrder(60000, seed=0)
+    b = MinibatchOrder(60000, seed=0)
+    other = MinibatchOrder(60000, seed=1)
     for epoch in (0, 5):
         np.testing.assert_array_equal(a.epoch(epoch), b.epoch(epoch))
         assert not np.array_equal(a.epoch(epoch), other.epoch(epoch))
@@ -859,10 +158,10 @@ def test_minibatch_order_same_seed_same_order_other_seed_differs():
 
 def test_minibatch_order_seed0_is_pinned():
     """A regression guard: changing how the order is seeded changes every benchmark's batches."""
-    order = MinibatchOrder(60000, 256, seed=0)
+    order = MinibatchOrder(60000, seed=0)
     assert order.epoch(0)[:8].tolist() == [48620, 20956, 45422, 160, 38118, 21607, 35262, 34040]
     assert order.epoch(1)[:4].tolist() == [41257, 1778, 53543, 15777]
-    assert MinibatchOrder(10, 3, seed=0).epoch(0).tolist() == [9, 1, 3, 8, 7, 6, 0, 4, 2, 5]
+    assert MinibatchOrder(10, seed=0).epoch(0).tolist() == [9, 1, 3, 8, 7, 6, 0, 4, 2, 5]
 
 
 def test_split_batches_and_batch_bounds():
@@ -955,7 +254,7 @@ def test_resize_matches_torchvision_resize_within_one_grey_level(real_data, size
 
 
 def test_check_order_accepts_a_permutation_and_refuses_the_rest():
-    order = MinibatchOrder(100, 32, seed=0).epoch(0)
+    order = MinibatchOrder(100, seed=0).epoch(0)
     np.testing.assert_array_equal(check_order(list(order), 100), order)
     for bad, message in (
         (np.array([0, 100]), r"outside 0\.\.99 \(from 0 to 100\)"),

@@ -1,0 +1,384 @@
+"""Finding, downloading, verifying and caching the dataset's files (NumPy; pooch to download).
+
+Search order for each file: an explicit directory, ``$FMBENCH_DATA_DIR``, the
+download cache (the repo's ``data/``), Debian's ``dataset-fashion-mnist``
+package; failing all, a download from the mirrors (pooch) into the cache. Each
+file may be gzipped or not. Whatever the source, a file is used only once
+:func:`impls.idx.verify` accepts its decompressed content; a verified copy is
+kept decompressed in the cache so the next load skips gzip.
+
+Entry point: :func:`fetch` (verified arrays and where each came from);
+:mod:`impls.data` builds the loader on it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from impls.idx import CorruptFileError, DataError, IdxFile, parse_idx, verify
+
+DATA_DIR_ENV = "FMBENCH_DATA_DIR"
+CACHE_DIR_ENV = "FMBENCH_CACHE_DIR"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DownloadError(DataError):
+    """Every mirror failed for a file."""
+
+
+class DatasetNotFoundError(DataError):
+    """No verified copy anywhere, and downloading failed or was not allowed."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which files make a dataset and where they can be downloaded from."""
+
+    name: str
+    train_images: IdxFile
+    train_labels: IdxFile
+    test_images: IdxFile
+    test_labels: IdxFile
+    mirrors: tuple[str, ...]
+    debian_dir: Path | None = DEBIAN_DIR
+
+    @property
+    def files(self) -> tuple[IdxFile, ...]:
+        return (self.train_images, self.train_labels, self.test_images, self.test_labels)
+
+
+FASHION_MNIST = DatasetSpec(
+    name="fashion-mnist",
+    train_images=IdxFile(
+        "train-images-idx3-ubyte",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "images",
+    ),
+    train_labels=IdxFile(
+        "train-labels-idx1-ubyte",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "labels",
+    ),
+    test_images=IdxFile(
+        "t10k-images-idx3-ubyte",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "images",
+    ),
+    test_labels=IdxFile(
+        "t10k-labels-idx1-ubyte",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "labels",
+    ),
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A verified file: where its content came from and where it is now."""
+
+    spec: IdxFile
+    origin: str  # the path or URL the content was read from
+    path: Path  # a local, decompressed or gzipped copy holding it
+    array: np.ndarray = field(repr=False)  # the decoded, verified content
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_content(path: Path) -> bytearray:
+    """The decompressed bytes of ``path`` (gzip recognised by its magic, not its name).
+
+    Returned as a ``bytearray`` read straight into place, so arrays decoded from
+    it are writable without another copy.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = bytearray(os.fstat(handle.fileno()).st_size)
+            del raw[handle.readinto(raw) :]  # in place: no second copy of a 47 MB file
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error})") from error
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return bytearray(gzip.decompress(raw))
+    except (EOFError, OSError, zlib.error) as error:
+        raise CorruptFileError(
+            f"{path}: truncated or corrupt gzip data ({error}); delete it or replace it"
+        ) from error
+
+
+def _candidates(directory: Path, spec: IdxFile) -> list[Path]:
+    """The copies of ``spec`` present in ``directory``: decompressed first, then gzipped."""
+    paths = [directory / spec.name, directory / f"{spec.name}.gz"]
+    return [path for path in paths if path.is_file()]
+
+
+def _write_atomically(target: Path, content: bytes | bytearray) -> None:
+    """Write ``content`` to ``target`` via a temporary file and a rename.
+
+    A reader (another process loading into the same cache) sees either no file
+    or a complete one; an error or Ctrl-C leaves no partial file behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: others could not read the cache
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _read_umask() -> int:
+    """The process's umask."""
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import, rather than flipped while other threads run
+
+
+# -------------------------------------------------------------------- download
+
+_RETRYABLE_HTTP = frozenset({408, 429})  # 4xx codes that mean "try again", not "not here"
+
+
+def download(url: str, *, timeout: float, retries: int, chunk_bytes: int = 1 << 20) -> bytes:
+    """The body at ``url``, retried ``retries`` times; raises ``DownloadError`` with the cause.
+
+    pooch's ``HTTPDownloader`` (requests underneath) does the transfer: the
+    timeout, redirects, a body shorter than its Content-Length reported as an
+    error, a progress bar on a terminal. It writes into memory, not a file: the
+    cache keeps the decompressed content, written only once verified, so a failed
+    or interrupted download leaves nothing behind. (``pooch.retrieve`` would stage
+    the ``.gz`` on disk for nothing, and with ``known_hash=None`` it logs that
+    file's SHA-256 as the hash to pin: the wrong one here, where the content's counts.)
+
+    The retry loop is ours because pooch's (``retry_if_failed``) retries every
+    failure, a 404 or a malformed URL included, and waits 1 s, 2 s, ... between
+    tries: a file missing from one mirror should fall through to the next at once.
+    """
+    # Imported on the first download, not with this module: pooch brings requests and
+    # tqdm (~60 ms), which a load from the cache never needs. requests comes with pooch.
+    import pooch
+    import requests
+
+    downloader = pooch.HTTPDownloader(
+        timeout=timeout, progressbar=_progress_bar_wanted(), chunk_size=chunk_bytes
+    )
+    reason = "not tried"
+    attempts = 0
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
+        attempts += 1
+        body = io.BytesIO()
+        try:
+            downloader(url, body, None)
+            return body.getvalue()
+        except requests.HTTPError as error:
+            status = error.response.status_code
+            reason = f"HTTP {status} {error.response.reason}"
+            if 400 <= status < 500 and status not in _RETRYABLE_HTTP:
+                break  # the file is not there: retrying will not help
+        except requests.Timeout as error:
+            reason = f"no answer within the {timeout:g} s timeout ({type(error).__name__})"
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+        ) as error:
+            reason = f"invalid URL ({error})"
+            break  # a malformed mirror URL: retrying will not help
+        except requests.exceptions.ChunkedEncodingError as error:
+            reason = f"connection broken mid-body ({_root_cause(error)!r})"
+        except (requests.RequestException, ValueError) as error:  # ValueError: a bad header
+            reason = repr(_root_cause(error))  # repr: a server's garbage cannot break the line
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
+    raise DownloadError(f"{url}: {reason}{tries}")
+
+
+def _progress_bar_wanted() -> bool:
+    """A bar only on an interactive stderr, and only where tqdm (an optional extra) is installed."""
+    if sys.stderr is None or not sys.stderr.isatty():
+        return False
+    return importlib.util.find_spec("tqdm") is not None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception requests and urllib3 wrapped (BadStatusLine, IncompleteRead, ...)."""
+    while True:
+        inner = getattr(error, "reason", None)  # urllib3's MaxRetryError keeps it there
+        if not isinstance(inner, BaseException):
+            inner = next(
+                (arg for arg in reversed(error.args) if isinstance(arg, BaseException)), None
+            )
+        if inner is None:
+            return error
+        error = inner
+
+
+def _download_verified(
+    spec: IdxFile, mirrors: Sequence[str], *, timeout: float, retries: int, failures: list[str]
+) -> tuple[str, bytearray] | None:
+    """Try each mirror in turn; the first verified content wins."""
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{spec.name}.gz"
+        try:
+            compressed = download(url, timeout=timeout, retries=retries)
+        except DownloadError as error:
+            failures.append(f"  download {error}")
+            continue
+        try:
+            content = bytearray(
+                gzip.decompress(compressed) if compressed[:2] == b"\x1f\x8b" else compressed
+            )
+            verify(content, spec, url)
+        except DataError as error:  # names the URL already
+            failures.append(f"  download {error}")
+            continue
+        except (EOFError, OSError, zlib.error) as error:
+            failures.append(f"  download {url}: truncated or corrupt gzip data ({error})")
+            continue
+        return url, content
+    return None
+
+
+# ---------------------------------------------------------------------- lookup
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and decompressed copies go.
+
+    ``$FMBENCH_CACHE_DIR`` if set; else the repo's ``data/`` when running from a
+    source checkout (or an editable install); else ``~/.cache/fmbench``.
+    """
+    if env := os.environ.get(CACHE_DIR_ENV):
+        return Path(env).expanduser()
+    repo_data = Path(__file__).resolve().parent.parent / "data"
+    if (repo_data / "README.md").is_file():
+        return repo_data
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fmbench"
+
+
+def _search_dirs(
+    data_dir: str | os.PathLike[str] | None, cache: Path, spec: DatasetSpec
+) -> list[tuple[str, Path, bool]]:
+    """(label, directory, is_cache) in search order; explicit places come first."""
+    places: list[tuple[str, Path, bool]] = []
+    if data_dir is not None:
+        places.append(("--data-dir", Path(data_dir).expanduser(), False))
+    if env := os.environ.get(DATA_DIR_ENV):
+        places.append((f"${DATA_DIR_ENV}", Path(env).expanduser(), False))
+    places.append(("cache", cache, True))
+    if spec.debian_dir is not None:
+        places.append(("Debian package dataset-fashion-mnist", spec.debian_dir, False))
+    return places
+
+
+def fetch(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    spec: DatasetSpec = FASHION_MNIST,
+    timeout: float = 30.0,
+    retries: int = 2,
+) -> dict[str, FetchedFile]:
+    """Find, verify and cache every file of ``spec``; keyed by file name.
+
+    A file found in an explicit place (``data_dir``, ``$FMBENCH_DATA_DIR``) that
+    fails verification is an error: the user pointed at it. A bad copy in the
+    cache is deleted and replaced; a bad Debian copy is passed over.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_home = cache / spec.name
+    places = _search_dirs(data_dir, cache_home, spec)
+    for label, directory, _ in places:
+        if label.startswith(("--", "$")) and not directory.is_dir():
+            raise DataError(f"{label} {directory} is not a readable directory")
+    fetched: dict[str, FetchedFile] = {}
+    for file_spec in spec.files:
+        fetched[file_spec.name] = _fetch_one(
+            file_spec,
+            places,
+            cache_home,
+            spec,
+            download=download,
+            timeout=timeout,
+            retries=retries,
+        )
+    return fetched
+
+
+def _fetch_one(
+    file_spec: IdxFile,
+    places: list[tuple[str, Path, bool]],
+    cache_home: Path,
+    spec: DatasetSpec,
+    *,
+    download: bool,
+    timeout: float,
+    retries: int,
+) -> FetchedFile:
+    """The first verified copy of one file, from the places in order, else the mirrors."""
+    failures: list[str] = []
+    for label, directory, is_cache in places:
+        found = _candidates(directory, file_spec)
+        if not found:
+            failures.append(f"  {label}: {directory}: not there")
+        for path in found:
+            try:
+                content = _read_content(path)
+                array = verify(content, file_spec, str(path))
+            except DataError as error:
+                if is_cache:
+                    path.unlink(missing_ok=True)  # never reuse a bad cached copy
+                    failures.append(f"  {label}: removed bad copy: {error}")
+                    continue
+                if not label.startswith("Debian"):
+                    raise
+                failures.append(f"  {label}: {error}")
+                continue
+            if path.suffix == ".gz":  # keep a decompressed copy so the next load skips gzip
+                _write_atomically(cache_home / file_spec.name, content)
+            return FetchedFile(file_spec, str(path), path, array)
+    if download:
+        result = _download_verified(
+            file_spec, spec.mirrors, timeout=timeout, retries=retries, failures=failures
+        )
+        if result is not None:
+            url, content = result
+            target = cache_home / file_spec.name
+            _write_atomically(target, content)
+            return FetchedFile(file_spec, url, target, parse_idx(content, file_spec, url))
+    else:
+        failures.append("  download: not allowed (download=False)")
+    raise DatasetNotFoundError(
+        f"no verified copy of {file_spec.name} could be found or downloaded. Looked in:\n"
+        + "\n".join(failures)
+        + "\nFix it either way: connect to the internet so it can be downloaded into "
+        f"{cache_home}, or install the files (as root: apt-get install dataset-fashion-mnist) "
+        f"or pass a directory holding them (--data-dir or ${DATA_DIR_ENV})."
+    )
