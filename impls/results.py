@@ -28,6 +28,7 @@ around ``Trainer.train_epoch`` / ``evaluate`` in the process that trains.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 import types
@@ -164,13 +165,16 @@ class EpochRecord(_Stored):
             raise ResultError(f"{where}.train_seconds is {self.train_seconds}, negative")
 
 
+def cumulative_train_seconds(history: Sequence[EpochRecord]) -> list[float]:
+    """Training seconds up to and including each epoch (evaluation excluded)."""
+    return list(itertools.accumulate(record.train_seconds for record in history))
+
+
 def time_to_accuracy(history: Sequence[EpochRecord], target: float) -> float | None:
     """Cumulative training seconds until test accuracy first reaches ``target``, or None."""
-    total = 0.0
-    for record in history:
-        total += record.train_seconds
+    for record, seconds in zip(history, cumulative_train_seconds(history), strict=True):
         if record.test_accuracy is not None and record.test_accuracy >= target:
-            return total
+            return seconds
     return None
 
 
@@ -337,7 +341,9 @@ def to_extra_info(result: CaseResult) -> dict[str, Any]:
 
 def from_extra_info(info: Any, where: str = "extra_info") -> CaseResult:
     """The case stored in ``info``, every field checked (a :class:`ResultError` names it)."""
-    if not isinstance(info, Mapping) or not info:
+    if not isinstance(info, Mapping):
+        raise ResultError(f"{where} is {type(info).__name__}, not an object")
+    if not info:
         raise ResultError(f"{where} is empty: not written by fmbench's benchmarks/ suite")
     kind = info.get("kind")
     if kind not in RESULT_TYPES:

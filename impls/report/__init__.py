@@ -14,56 +14,24 @@ It is written atomically, after every input is validated (:mod:`.build`).
 pandas, tabulate and matplotlib are imported inside the functions: the core
 package needs only NumPy (``pip install 'fmbench[bench]'`` brings them).
 
-Modules: :mod:`.runs` (loading, validation, previous runs), :mod:`.frame` (the
-results frame and the comparison rule), :mod:`.tables`, :mod:`.plots`,
-:mod:`.markdown` (:func:`render`), :mod:`.build` (:func:`build_report`) and
-:mod:`.cli` (:func:`main`).
+The result format (what each benchmark case records, and every number derived
+from it) is :mod:`impls.results`; the report reads files with it. Modules:
+:mod:`.runs` (loading and validation into :class:`Run` objects), :mod:`.previous`
+(the autosave folder: the run to compare with), :mod:`.frame` (the results frame:
+comparisons between measurements, and the rule that flags a change),
+:mod:`.text` (number formatting, Markdown tables), :mod:`.tables`, :mod:`.plots`,
+:mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
+(:func:`main`).
 """
 
-from impls.report.build import REPORT_NAME, build_report
+from impls.report.build import build_report
 from impls.report.cli import main
-from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, compare, results_frame
-from impls.report.markdown import BUSY_OTHER_CPUS, FIGURES_DIR, MIN_ROUNDS, render
-from impls.report.plots import plot_accuracy, plot_epoch_times
-from impls.report.runs import (
-    CASE_KEYS,
-    DEFAULT_STORAGE,
-    EXTRA_KEYS,
-    GROUP_KINDS,
-    HISTORY_KEYS,
-    STAT_KEYS,
-    Entry,
-    ReportError,
-    Run,
-    find_previous,
-    load_run,
-    load_runs,
-    newest_saved,
-)
-from impls.report.tables import (
-    NOISY_IQR_FRACTION,
-    machine_table,
-    main_table,
-    noise_table,
-    settings_table,
-    sweep_table,
-)
+from impls.report.frame import compare, results_frame
+from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, newest
+from impls.report.runs import ReportError, Run, load_run, load_runs
 
 __all__ = [
-    "BASELINE",
-    "BUSY_OTHER_CPUS",
-    "CASE_KEYS",
     "DEFAULT_STORAGE",
-    "EXTRA_KEYS",
-    "FIGURES_DIR",
-    "GROUP_KINDS",
-    "HISTORY_KEYS",
-    "MIN_ROUNDS",
-    "NOISY_IQR_FRACTION",
-    "RELATIVE_NOISE_FLOOR",
-    "REPORT_NAME",
-    "STAT_KEYS",
-    "Entry",
     "ReportError",
     "Run",
     "build_report",
@@ -71,15 +39,8 @@ __all__ = [
     "find_previous",
     "load_run",
     "load_runs",
-    "machine_table",
+    "load_saved",
     "main",
-    "main_table",
-    "newest_saved",
-    "noise_table",
-    "plot_accuracy",
-    "plot_epoch_times",
-    "render",
+    "newest",
     "results_frame",
-    "settings_table",
-    "sweep_table",
 ]

@@ -15,37 +15,47 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from impls.report.markdown import FIGURES_DIR, render
-from impls.report.runs import Run, load_runs
+from impls.report.runs import ReportError, Run, label_runs, load_run
 
 REPORT_NAME = "README.md"  # so a report folder renders when browsed
 
+# A run already loaded (the command line loads each file once and passes it on), or a file.
+RunSource = Run | str | os.PathLike[str]
+
+
+def _runs(sources: Sequence[RunSource]) -> list[Run]:
+    """``sources`` as runs: a :class:`Run` as it is, a path loaded (once) and validated."""
+    return [source if isinstance(source, Run) else load_run(source) for source in sources]
+
 
 def build_report(
-    json_paths: Sequence[str | os.PathLike[str]],
+    runs: Sequence[RunSource],
     out_dir: str | os.PathLike[str],
-    previous: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    previous: RunSource | Sequence[RunSource] | None = None,
 ) -> Path:
-    """Build ``out_dir/README.md`` and ``out_dir/figures/`` from benchmark JSON files.
+    """Build ``out_dir/README.md`` and ``out_dir/figures/`` from benchmark runs.
 
-    ``previous``: saved run(s) to compare with (matched by machine), or None.
+    ``runs`` and ``previous`` are :class:`Run` objects or JSON files (loaded
+    here); ``previous``: run(s) to compare with (matched by machine), or None.
     Every file is validated first; the report is assembled in a temporary
     directory beside ``out_dir`` and moved in last, so on any error
     (:class:`ReportError` for bad input) ``out_dir`` is left as it was.
     Returns the Markdown file's path.
     """
-    runs = load_runs(json_paths)
+    current = label_runs(_runs(runs))
+    if not current:
+        raise ReportError("no benchmark JSON files given")
     if previous is None:
-        previous_runs: list[Run] = []
-    elif isinstance(previous, (str, os.PathLike)):
-        previous_runs = load_runs([previous])
-    else:
-        previous_runs = load_runs(previous) if previous else []
+        previous = []
+    elif isinstance(previous, (Run, str, os.PathLike)):
+        previous = [previous]
+    previous_runs = _runs(previous)
     out_dir = Path(out_dir)
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
     try:
-        text = render(runs, staging / FIGURES_DIR, previous_runs)
+        text = render(current, staging / FIGURES_DIR, previous_runs)
         (staging / REPORT_NAME).write_text(text, encoding="utf-8")
         return _move_into_place(staging, out_dir)
     finally:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from impls.report.build import build_report
-from impls.report.runs import DEFAULT_STORAGE, ReportError, find_previous, load_runs, newest_saved
+from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, newest
+from impls.report.runs import ReportError, Run, label_runs, load_run, load_runs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,28 +54,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
+    """The runs to report and the runs to compare them with, each file parsed once."""
+    saved: list[Run] | None = None
+    if args.files:
+        runs = load_runs(args.files)
+    else:
+        saved = load_saved(args.storage)
+        latest = newest(saved)
+        if latest is None:
+            raise ReportError(
+                f"no benchmark JSON given and none saved under {args.storage}: run "
+                "'nox -s bench' first, or pass files"
+            )
+        runs = label_runs([latest])
+    if args.previous == "none":
+        return runs, []
+    if args.previous != "auto":
+        return runs, [load_run(args.previous)]
+    if saved is None:
+        saved = load_saved(args.storage, loaded=runs)
+    previous: list[Run] = []
+    for run in runs:
+        found = find_previous(run, saved)
+        if found is not None and all(found is not p for p in previous):
+            previous.append(found)
+    return runs, previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fmbench report``; returns 0, 1 (--fail-on-failures and a benchmark failed) or 2 (error)."""
     args = _parser().parse_args(argv)
     try:
-        files = list(args.files)
-        if not files:
-            newest = newest_saved(args.storage)
-            if newest is None:
-                raise ReportError(
-                    f"no benchmark JSON given and none saved under {args.storage}: run "
-                    "'nox -s bench' first, or pass files"
-                )
-            files = [newest]
-        runs = load_runs(files)
-        if args.previous == "none":
-            previous: list[Path] = []
-        elif args.previous == "auto":
-            found = [find_previous(run, args.storage) for run in runs]
-            previous = [run.path for run in found if run is not None]
-        else:
-            previous = [Path(args.previous)]
-        report = build_report(files, args.out, previous or None)
+        runs, previous = _inputs(args)
+        report = build_report(runs, args.out, previous)
     except ReportError as error:
         print(f"fmbench report: error: {error}", file=sys.stderr)
         return 2

@@ -1,23 +1,30 @@
 """Every measurement as one pandas DataFrame, and the rule that flags a change.
 
+A measurement's own derived numbers (examples/s, GB/s, the compute rate and
+floor, first epoch, time to accuracy) are the properties of
+:class:`impls.results.Measurement` and its case, copied into the frame as they
+are; the numbers that set one measurement against another (speed-up, × limit,
+× floor, the change from the previous run) are computed here, and only here.
 pandas is imported inside :func:`results_frame`, not at import time.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from impls.report.runs import Entry, Run, _number, _pair_previous
+from impls.report.previous import pair_previous
+from impls.report.runs import Run
+from impls.results import Measurement, StartupResult, TrainingResult, median_of
 
 BASELINE = "d2l-reference"
 # A run is flagged slower (or faster) than the previous one when its median moved
 # by more than the larger of both runs' IQRs and by more than this fraction.
 RELATIVE_NOISE_FLOOR = 0.10
+MIB = 2**20
 
 
-def compare(current: Entry, previous: Entry) -> dict[str, Any]:
+def compare(current: Measurement, previous: Measurement) -> dict[str, Any]:
     """The change from ``previous`` to ``current`` and whether it is beyond the noise.
 
     Rule: the median moved by more than max(IQR of both runs, 10 % of the
@@ -26,7 +33,7 @@ def compare(current: Entry, previous: Entry) -> dict[str, Any]:
     differ by more than either run's IQR.
     """
     delta = current.median - previous.median
-    noise = max(current.stats["iqr"], previous.stats["iqr"], RELATIVE_NOISE_FLOOR * previous.median)
+    noise = max(current.timing.iqr, previous.timing.iqr, RELATIVE_NOISE_FLOOR * previous.median)
     verdict = "within noise"
     if delta > noise:
         verdict = "regression"
@@ -41,82 +48,107 @@ def compare(current: Entry, previous: Entry) -> dict[str, Any]:
     }
 
 
+def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
+    """One measurement's own numbers; the comparisons are added by :func:`results_frame`."""
+    case, timing = entry.case, entry.timing
+    row: dict[str, Any] = {
+        "machine": run.label,
+        "run": index,
+        "kind": entry.kind,
+        "group": entry.group,
+        "name": entry.name,
+        "implementation": entry.implementation,
+        "device": case.device,
+        "threads": getattr(case, "threads", None),
+        "batch_size": getattr(case, "batch_size", None),
+        "median_s": timing.median,
+        "q1_s": timing.q1,
+        "q3_s": timing.q3,
+        "iqr_s": timing.iqr,
+        "iqr_fraction": timing.iqr / timing.median,
+        "rounds": timing.rounds,
+        "min_s": timing.min,
+        "max_s": timing.max,
+        "examples_per_s": entry.examples_per_second,
+        "first_epoch_s": None,
+        "final_test_accuracy": None,
+        "time_to_accuracy_s": None,
+        "peak_rss_mib": None,
+        "peak_rss_children_mib": None,
+        "speedup_vs_baseline": None,
+        "limit_multiple": None,
+        "startup": None,
+        "what": getattr(case, "what", None),
+        "build_s": None,
+        "compile_s": None,
+        "gigabytes_per_s": entry.gigabytes_per_second,
+        "flops_per_s": entry.flops_per_second,
+        "floor_s": entry.floor_seconds,
+        "floor_multiple": None,
+        "floor_limit_multiple": None,
+    }
+    if isinstance(case, TrainingResult):
+        row.update(
+            first_epoch_s=case.first_epoch_seconds,
+            final_test_accuracy=case.final_test_accuracy,
+            time_to_accuracy_s=case.time_to_accuracy_seconds,
+            peak_rss_mib=_mib(case.peak_rss_bytes),
+            peak_rss_children_mib=_mib(case.peak_rss_children_bytes),
+            build_s=case.build_seconds,
+        )
+    elif isinstance(case, StartupResult):
+        row.update(
+            startup=case.startup,
+            first_epoch_s=median_of(case.first_epoch_seconds),
+            build_s=median_of(case.build_seconds),
+            compile_s=median_of(case.compile_seconds),
+        )
+    return row
+
+
 def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     """Every measurement of every run as one numeric DataFrame (one row per benchmark).
 
-    Columns: machine, run, kind, group, implementation, device, threads,
-    batch_size, median_s, q1_s, q3_s, iqr_s, rounds, min_s, max_s,
-    examples_per_s, first_epoch_s, final_test_accuracy, time_to_accuracy_s,
-    peak_rss_mib, speedup_vs_baseline, limit_multiple, startup, what, build_s,
-    compile_s, flops_per_s and floor_s (the compute row: its rate, and an epoch's
-    products at that rate), floor_multiple (epoch rows: median / floor_s), and,
-    when a previous run
-    matches, previous_median_s, delta_s, delta_pct, noise_s, verdict. Start-up
-    rows give the median over their rounds of ``first_epoch_s``, ``build_s`` and
+    Columns: machine, run, kind, group, name, implementation, device, threads,
+    batch_size, median_s, q1_s, q3_s, iqr_s, iqr_fraction (IQR / median),
+    rounds, min_s, max_s, examples_per_s, first_epoch_s, final_test_accuracy,
+    time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, startup, what,
+    build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s
+    and floor_s (the compute row: its rate, and an epoch's products at that
+    rate); then the comparisons: speedup_vs_baseline (epoch rows: the
+    baseline's median on the same device / this median), limit_multiple (epoch
+    and limit rows: median / the limit's median), floor_multiple (epoch rows:
+    median / floor_s), floor_limit_multiple (the compute row: floor_s / the
+    limit's median) and, when a previous run matches, previous_median_s,
+    delta_s, delta_pct, noise_s, verdict (:func:`compare`). Start-up rows give
+    the median over their rounds of ``first_epoch_s``, ``build_s`` and
     ``compile_s`` where they have them.
     """
     import pandas as pd
 
-    pairs = _pair_previous(runs, previous)
+    pairs = pair_previous(runs, previous)
     rows = []
     for index, run in enumerate(runs):
-        limit = run.limit
-        compute = run.compute
-        rate = compute.info["flops_per_call"] / compute.median if compute else None
-        floor = compute.info["epoch_flops"] / rate if compute else None
+        limit, compute = run.limit, run.compute
+        floor = compute.floor_seconds if compute is not None else None
         baselines = {
-            e.info["device"]: e.median for e in run.of_kind("epoch") if e.implementation == BASELINE
+            e.case.device: e.median for e in run.of_kind("epoch") if e.implementation == BASELINE
         }
         previous_entries = {}
         if index in pairs:
             previous_entries = {e.key(): e for e in pairs[index][0].entries}
         for entry in run.entries:
-            info, stats = entry.info, entry.stats
-            row: dict[str, Any] = {
-                "machine": run.label,
-                "run": index,
-                "kind": entry.kind,
-                "group": entry.group,
-                "name": entry.name,
-                "implementation": entry.implementation,
-                "device": info.get("device"),
-                "threads": info.get("threads"),
-                "batch_size": info.get("batch_size"),
-                "median_s": stats["median"],
-                "q1_s": stats["q1"],
-                "q3_s": stats["q3"],
-                "iqr_s": stats["iqr"],
-                "rounds": int(stats["rounds"]),
-                "min_s": stats["min"],
-                "max_s": stats["max"],
-                "examples_per_s": (info["num_train"] / stats["median"])
-                if "num_train" in info
-                else None,
-                "first_epoch_s": info.get("first_epoch_seconds"),
-                "final_test_accuracy": info.get("final_test_accuracy"),
-                "time_to_accuracy_s": info.get("time_to_accuracy_seconds"),
-                "peak_rss_mib": _mib(info.get("peak_rss_bytes")),
-                "peak_rss_children_mib": _mib(info.get("peak_rss_children_bytes")),
-                "speedup_vs_baseline": None,
-                "limit_multiple": None,
-                "startup": info.get("startup"),
-                "what": info.get("what"),
-                "build_s": _median(info.get("build_seconds")),
-                "compile_s": _median(info.get("compile_seconds")),
-                "flops_per_s": rate if entry.kind == "compute" else None,
-                "floor_s": floor if entry.kind == "compute" else None,
-                "floor_multiple": None,
-            }
-            if entry.kind == "startup":
-                row["first_epoch_s"] = _median(info.get("first_epoch_seconds"))
+            row = _row(run, index, entry)
             if entry.kind == "epoch":
-                baseline = baselines.get(info["device"], baselines.get("cpu"))
+                baseline = baselines.get(entry.case.device, baselines.get("cpu"))
                 if baseline is not None:
-                    row["speedup_vs_baseline"] = baseline / stats["median"]
+                    row["speedup_vs_baseline"] = baseline / entry.median
+                if floor is not None:
+                    row["floor_multiple"] = entry.median / floor
             if entry.kind in ("epoch", "limit") and limit is not None:
-                row["limit_multiple"] = stats["median"] / limit.median
-            if entry.kind == "epoch" and floor is not None:
-                row["floor_multiple"] = stats["median"] / floor
+                row["limit_multiple"] = entry.median / limit.median
+            if entry.kind == "compute" and limit is not None:
+                row["floor_limit_multiple"] = row["floor_s"] / limit.median
             before = previous_entries.get(entry.key())
             if before is not None:
                 row.update(compare(entry, before))
@@ -128,14 +160,6 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     return frame
 
 
-def _median(values: Any) -> float | None:
-    """The median of a list of numbers (a start-up round each), a number as is, else None."""
-    if _number(values):
-        return float(values)
-    numbers = [v for v in values if _number(v)] if isinstance(values, list) else []
-    return statistics.median(numbers) if numbers else None
-
-
-def _mib(value: Any) -> float | None:
-    """Bytes in MiB, or None when not a number."""
-    return value / 2**20 if _number(value) else None
+def _mib(value: int | None) -> float | None:
+    """Bytes in MiB, or None."""
+    return value / MIB if value is not None else None

@@ -7,12 +7,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, results_frame
-from impls.report.plots import _predictions_figure, plot_accuracy, plot_epoch_times
-from impls.report.runs import Run, _number, _pair_previous, _short_date
+from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
+from impls.report.previous import pair_previous
+from impls.report.runs import Run
 from impls.report.tables import (
     NOISY_IQR_FRACTION,
-    _md,
-    _num,
     machine_table,
     main_table,
     noise_table,
@@ -20,6 +19,7 @@ from impls.report.tables import (
     startup_table,
     sweep_table,
 )
+from impls.report.text import is_number, markdown_table, number, plural, present
 
 FIGURES_DIR = "figures"
 BUSY_OTHER_CPUS = 0.2  # other processes' average CPU use above this: the run was not alone
@@ -32,7 +32,7 @@ def _run_line(run: Run) -> str:
     epochs = settings.get("epochs")
     parts = [
         f"`{run.path.name}`",
-        f"{_short_date(run)} UTC",
+        f"{run.short_date} UTC",
         f"commit `{run.commit}`",
         f"machine **{run.label}**",
     ]
@@ -169,14 +169,13 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     for run in runs:
         other = run.extra_machine.get("other_cpu_use") or {}
         cpus = run.extra_machine.get("logical_cpus")
-        if _number(other.get("other_cpus")) and other["other_cpus"] > BUSY_OTHER_CPUS:
+        if is_number(other.get("other_cpus")) and other["other_cpus"] > BUSY_OTHER_CPUS:
             busy.append(
                 f"{run.label}: other processes kept {other['other_cpus']:.2f} of "
                 f"{cpus or '?'} CPUs busy on average"
             )
     noisy = frame[
-        frame["kind"].isin(["epoch", "limit"])
-        & (frame["iqr_s"] > NOISY_IQR_FRACTION * frame["median_s"])
+        frame["kind"].isin(["epoch", "limit"]) & (frame["iqr_fraction"] > NOISY_IQR_FRACTION)
     ]
     noise_line = (
         f"- **Noise**: rows whose IQR exceeds {int(100 * NOISY_IQR_FRACTION)} % of the median "
@@ -199,9 +198,9 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     """Write the figures into ``figures`` and return the Markdown text."""
     frame = results_frame(runs, previous)
     multi = len(runs) > 1
-    pairs = _pair_previous(runs, previous)
+    pairs = pair_previous(runs, previous)
     with_delta = bool(pairs)
-    targets = {e.info.get("target_accuracy") for run in runs for e in run.of_kind("epoch")} or {
+    targets = {case.target_accuracy for run in runs for _, case in run.trained("epoch")} or {
         run.settings.get("target_accuracy") for run in runs
     }
     target = next(iter(targets)) if len(targets) == 1 else None
@@ -219,19 +218,15 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         lines += ["No implementation was measured (see below).", ""]
     else:
         table = main_table(frame, with_machine=multi, with_delta=with_delta, target=target)
-        lines += [_md(table), ""]
+        lines += [markdown_table(table), ""]
         limit_rows = frame[frame["kind"] == "limit"]
         for _, row in limit_rows.iterrows():
-            run = runs[int(row["run"])]
-            limit = run.limit
-            speed = (
-                limit.info.get("gigabytes_per_second") or limit.info["bytes"] / limit.median / 1e9
-            )
+            threads = int(row["threads"])
             lines.append(
                 f"{'- ' if multi else ''}Limit{f' ({row.machine})' if multi else ''}: "
                 "reading the float32 training set "
-                f"once takes {_num(1000 * row['median_s'])} ms ({_num(speed)} GB/s, "
-                f"{limit.info['threads']} thread{'s' if limit.info['threads'] != 1 else ''})."
+                f"once takes {number(1000 * row['median_s'])} ms "
+                f"({number(row['gigabytes_per_s'])} GB/s, {plural(threads, 'thread')})."
             )
         lines += _floor_lines(runs, frame, multi)
         lines.append("")
@@ -246,14 +241,14 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     if failed:
         import pandas as pd
 
-        lines += ["### Not measured", "", _md(pd.DataFrame(failed)), ""]
+        lines += ["### Not measured", "", markdown_table(pd.DataFrame(failed)), ""]
 
     previous_lines: list[str] = []
     if pairs:
         lines += ["### Compared with the previous run", ""]
         for index, (before, same_machine) in sorted(pairs.items()):
             lines.append(
-                f"- {runs[index].label}: previous run `{before.path}` ({_short_date(before)} UTC, "
+                f"- {runs[index].label}: previous run `{before.path}` ({before.short_date} UTC, "
                 f"commit `{before.commit}`)"
                 + ("" if same_machine else " — **from another machine**: deltas mix hardware")
             )
@@ -269,14 +264,14 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                     point += f", batch {int(row['batch_size'])}"
                 elif row["kind"] == "threads":
                     threads = int(row["threads"])
-                    point += f", {threads} thread{'s' if threads != 1 else ''}"
+                    point += f", {plural(threads, 'thread')}"
                 elif row["kind"] == "startup":
                     point += f", {row['startup']}"
                 lines.append(
                     f"- {'**regression**' if what == 'slower' else 'improvement'} — {point}: "
-                    f"{_num(row['previous_median_s'])} s → {_num(row['median_s'])} s "
+                    f"{number(row['previous_median_s'])} s → {number(row['median_s'])} s "
                     f"({row['delta_pct']:+.1f} %, {what} by more than the noise "
-                    f"{_num(row['noise_s'], 2)} s)"
+                    f"{number(row['noise_s'], 2)} s)"
                 )
         lines.append("")
         previous_lines.append(
@@ -292,7 +287,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
 
     startup = startup_table(frame, with_machine=multi, with_delta=with_delta)
     if startup is not None:
-        lines += ["## Start-up", "", _md(startup), ""]
+        lines += ["## Start-up", "", markdown_table(startup), ""]
         lines.append(
             "Each round of *cli-train* and *compile-…* runs in a fresh process. *load-cache*: "
             "the four files read from the suite's cache and verified (SHA-256), in the "
@@ -321,14 +316,14 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                 else f" At batch size {runs[0].settings.get('batch_size', 256)}."
             )
         )
-        lines += ["", _md(table), ""]
+        lines += ["", markdown_table(table), ""]
 
     settings = settings_table(runs, with_machine=multi)
     if settings is not None:
-        lines += ["## What each implementation ran with", "", _md(settings), ""]
+        lines += ["## What each implementation ran with", "", markdown_table(settings), ""]
 
-    lines += ["## Noise", "", _md(noise_table(frame, with_machine=multi)), ""]
-    lines += ["## Machine", "", _md(machine_table(runs)), ""]
+    lines += ["## Noise", "", markdown_table(noise_table(frame, with_machine=multi)), ""]
+    lines += ["## Machine", "", markdown_table(machine_table(runs)), ""]
     lines += _notes(runs, frame, previous_lines)
     lines.append("")
     return "\n".join(lines)
@@ -339,26 +334,24 @@ def _floor_lines(runs: Sequence[Run], frame, multi: bool) -> list[str]:
     fastest implementation is from it."""
     lines = []
     for _, row in frame[frame["kind"] == "compute"].iterrows():
-        run = runs[int(row["run"])]
-        compute, limit = run.compute, run.limit
-        threads = compute.info["threads"]
-        size = round((compute.info["flops_per_call"] / 2) ** (1 / 3))
+        compute = runs[int(row["run"])].compute.case
+        size = round((compute.flops_per_call / 2) ** (1 / 3))  # an n × n product: 2 n³ flop
         text = (
             f"{'- ' if multi else ''}Compute floor{f' ({row.machine})' if multi else ''}: "
             "an epoch's matrix products "
-            f"(x @ W and the weight gradient, {_num(compute.info['epoch_flops'] / 1e9)} GFLOP) "
-            f"take {_num(1000 * row['floor_s'])} ms at this machine's best float32 rate "
-            f"({_num(row['flops_per_s'] / 1e9)} GFLOP/s: one {size} × {size} product, {threads} "
-            f"thread{'s' if threads != 1 else ''})"
+            f"(x @ W and the weight gradient, {number(compute.epoch_flops / 1e9)} GFLOP) "
+            f"take {number(1000 * row['floor_s'])} ms at this machine's best float32 rate "
+            f"({number(row['flops_per_s'] / 1e9)} GFLOP/s: one {size} × {size} product, "
+            f"{plural(compute.threads, 'thread')})"
         )
-        if limit is not None:
-            text += f", {_num(row['floor_s'] / limit.median)}× the limit"
+        if present(row["floor_limit_multiple"]):
+            text += f", {number(row['floor_limit_multiple'])}× the limit"
         epochs = frame[(frame["kind"] == "epoch") & (frame["run"] == row["run"])]
         if not epochs.empty:
             fastest = epochs.sort_values("median_s").iloc[0]
             text += (
                 f"; the fastest implementation ({fastest['implementation']}) takes "
-                f"{_num(fastest['floor_multiple'])}× the floor"
+                f"{number(fastest['floor_multiple'])}× the floor"
             )
         lines.append(text + ".")
     return lines
@@ -379,12 +372,12 @@ def _figures(runs: Sequence[Run], frame, figures: Path, *, multi: bool, target) 
             f"![Test accuracy against training time]({rel}/accuracy_by_time.png)",
             "",
         ]
-        fastest = min(
-            ((run, e) for run in runs for e in run.of_kind("epoch")),
-            key=lambda pair: pair[1].median,
+        run, entry, case = min(
+            ((run, entry, case) for run in runs for entry, case in run.trained("epoch")),
+            key=lambda found: found[1].median,
         )
-        why_not = _predictions_figure(*fastest, figures / "predictions.png")
-        name = fastest[1].implementation
+        why_not = predictions_figure(run, case, figures / "predictions.png")
+        name = entry.implementation
         if why_not is None:
             lines += [
                 f"Predictions of the fastest implementation ({name}) on the first test images "

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from impls.figures import plot_predictions, pyplot, save_figure
 from impls.report.frame import BASELINE
-from impls.report.runs import Entry, Run
-from impls.report.tables import _num
+from impls.report.runs import Run
+from impls.report.text import number
+from impls.results import TrainingResult, cumulative_train_seconds
 
 
 def _impl_label(impl: str, device: str | None) -> str:
@@ -63,7 +64,7 @@ def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
     ax.set_xlabel("seconds per epoch (median; whiskers: interquartile range; log scale)")
     for position, median, q3 in zip(positions, medians, rows["q3_s"], strict=True):
         ax.annotate(
-            f"{_num(median)} s",
+            f"{number(median)} s",
             (max(median, q3), position),
             va="center",
             fontsize=8,
@@ -85,17 +86,15 @@ def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | N
     series: dict[tuple, list[tuple[str, str]]] = {}  # identical curves: drawn once, labels joined
     styles: dict[tuple, str] = {}
     for run in runs:
-        for entry in run.of_kind("epoch"):
-            history = entry.info["history"]
-            accuracy = tuple(record["test_accuracy"] for record in history)
-            if by == "epoch":
-                x: tuple = tuple(record["epoch"] for record in history)
-            else:
-                x, total = (), 0.0
-                for record in history:
-                    total += record["train_seconds"]
-                    x += (total,)
-            name = _impl_label(entry.implementation, entry.info["device"])
+        for entry, case in run.trained("epoch"):
+            times = cumulative_train_seconds(case.history)
+            points = [
+                (record.epoch if by == "epoch" else seconds, record.test_accuracy)
+                for record, seconds in zip(case.history, times, strict=True)
+                if record.test_accuracy is not None  # an epoch without evaluation: no point
+            ]
+            x, accuracy = tuple(p[0] for p in points), tuple(p[1] for p in points)
+            name = _impl_label(entry.implementation, case.device)
             series.setdefault((x, accuracy), []).append((name, run.label))
             styles.setdefault((x, accuracy), "--" if entry.implementation == BASELINE else "-")
     for (x, accuracy), members in series.items():
@@ -137,12 +136,13 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _predictions_figure(run: Run, entry: Entry, path: Path) -> str | None:
-    """Draw the fastest implementation's predictions grid; return why not, or None."""
+def predictions_figure(run: Run, case: TrainingResult, path: Path) -> str | None:
+    """Draw the predictions grid of ``case`` (one of ``run``'s) on the run's sample images;
+    return why not, or None."""
     import numpy as np
 
     sample = run.fmbench.get("sample") or {}
-    predictions = entry.info.get("predictions")
+    predictions = case.predictions
     if not sample.get("images_uint8_base64") or not predictions:
         return "the run stored no sample images or predictions"
     shape = tuple(sample["shape"])

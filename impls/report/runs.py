@@ -1,15 +1,17 @@
-"""Loading and validating benchmark JSON, and finding the runs to compare with.
+"""Loading and validating benchmark JSON into :class:`Run` objects.
 
-:func:`load_run` reads one pytest-benchmark JSON file written by ``benchmarks/``
-into a :class:`Run` of :class:`Entry` objects, or raises :class:`ReportError`
-naming the file and the problem. :func:`find_previous` and :func:`newest_saved`
-search pytest-benchmark's autosave folder.
+:func:`load_run` reads one pytest-benchmark JSON file written by ``benchmarks/``:
+each item of its ``benchmarks`` becomes an :class:`impls.results.Measurement`
+(``stats`` read as a :class:`~impls.results.Timing`, ``extra_info`` with
+:func:`~impls.results.from_extra_info`), so the report checks a file against the
+same definitions the benchmarks write it with. Any problem is a
+:class:`ReportError`: one line naming the file and the field. The previous-run
+search over the autosave folder is in :mod:`.previous`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,79 +19,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STORAGE = ".benchmarks"
-
-STAT_KEYS = ("median", "q1", "q3", "iqr", "min", "max", "rounds")
-CASE_KEYS = (
-    "implementation",
-    "device",
-    "threads",
-    "batch_size",
-    "num_train",
-    "first_epoch_seconds",
+from impls import results
+from impls.results import (
+    ComputeFloor,
+    Measurement,
+    ReadLimit,
+    ResultError,
+    Timing,
+    TrainingResult,
 )
-EXTRA_KEYS = {
-    "limit": ("bytes", "threads"),
-    "compute": ("threads", "flops_per_call", "epoch_flops"),
-    "epoch": (
-        *CASE_KEYS,
-        "final_test_accuracy",
-        "target_accuracy",
-        "time_to_accuracy_seconds",
-        "history",
-        "peak_rss_bytes",
-    ),
-    "batch": (*CASE_KEYS, "final_test_accuracy"),
-    "threads": (*CASE_KEYS, "final_test_accuracy"),
-    "startup": ("startup", "implementation", "device", "what"),
-}
-TRAINING_KINDS = ("epoch", "batch", "threads")  # the kinds that train and report accuracy
-HISTORY_KEYS = ("epoch", "test_accuracy", "train_seconds")
-GROUP_KINDS = {
-    "epoch": "epoch",
-    "batch": "sweep: batch size",
-    "threads": "sweep: threads",
-    "startup": "start-up",
-    "compute": "compute floor",
-}
 
 
 class ReportError(Exception):
     """An input cannot be used; the message names the file and the problem."""
-
-
-# ------------------------------------------------------------------- loading
-
-
-@dataclass
-class Entry:
-    """One benchmark of a run: its timing statistics and fmbench's extra_info."""
-
-    name: str
-    fullname: str
-    group: str
-    kind: str
-    stats: dict[str, float]
-    info: dict[str, Any]
-
-    @property
-    def implementation(self) -> str:
-        return self.info.get("implementation", "limit")
-
-    @property
-    def median(self) -> float:
-        return self.stats["median"]
-
-    def key(self) -> tuple:
-        """What identifies the same measurement in another run."""
-        return (
-            self.kind,
-            self.implementation,
-            self.info.get("device"),
-            self.info.get("threads"),
-            self.info.get("batch_size"),
-            self.info.get("startup"),
-        )
 
 
 @dataclass
@@ -101,8 +43,8 @@ class Run:
     machine_info: dict[str, Any]
     commit_info: dict[str, Any]
     fmbench: dict[str, Any]
-    entries: list[Entry]
-    label: str = ""
+    entries: list[Measurement]
+    label: str = ""  # the machine (and date, when a machine appears twice): set by label_runs
 
     @property
     def run_id(self) -> str | None:
@@ -127,6 +69,7 @@ class Run:
 
     @property
     def commit(self) -> str:
+        """pytest-benchmark's ``commit_info``: the commit, and whether the tree was dirty."""
         commit = str(self.commit_info.get("id") or "unknown")[:12]
         return commit + (" (uncommitted changes)" if self.commit_info.get("dirty") else "")
 
@@ -137,23 +80,52 @@ class Run:
         except (TypeError, ValueError):
             return None
 
+    @property
+    def short_date(self) -> str:
+        """The run's date as 'YYYY-MM-DD HH:MM', or as recorded if unparsable."""
+        when = self.when
+        return when.strftime("%Y-%m-%d %H:%M") if when else self.datetime
+
+    def recorded_before(self, other: Run) -> bool:
+        """Whether this run was recorded before ``other`` (naive dates taken as UTC)."""
+        mine, theirs = self.when, other.when
+        if mine is None or theirs is None:
+            return self.datetime < other.datetime
+        if mine.tzinfo is None:
+            mine = mine.replace(tzinfo=timezone.utc)
+        if theirs.tzinfo is None:
+            theirs = theirs.replace(tzinfo=timezone.utc)
+        return mine < theirs
+
     def tests(self, outcome: str | None = None) -> list[dict[str, Any]]:
         tests = self.fmbench.get("tests") or []
         return [t for t in tests if outcome is None or t.get("outcome") == outcome]
 
-    def of_kind(self, kind: str) -> list[Entry]:
+    def of_kind(self, kind: str) -> list[Measurement]:
         return [entry for entry in self.entries if entry.kind == kind]
 
+    def trained(self, kind: str = "epoch") -> list[tuple[Measurement, TrainingResult]]:
+        """The measurements of a training ``kind`` (epoch, batch, threads), each with its case."""
+        return [
+            (entry, entry.case)
+            for entry in self.entries
+            if entry.kind == kind and isinstance(entry.case, TrainingResult)
+        ]
+
     @property
-    def limit(self) -> Entry | None:
-        limits = self.of_kind("limit")
+    def limit(self) -> Measurement | None:
+        """The read limit (one pass over the float32 training set), if run."""
+        limits = [e for e in self.entries if isinstance(e.case, ReadLimit)]
         return limits[0] if limits else None
 
     @property
-    def compute(self) -> Entry | None:
+    def compute(self) -> Measurement | None:
         """The compute-floor measurement (one large float32 matrix product), if run."""
-        entries = self.of_kind("compute")
-        return entries[0] if entries else None
+        floors = [e for e in self.entries if isinstance(e.case, ComputeFloor)]
+        return floors[0] if floors else None
+
+
+# ------------------------------------------------------------------- loading
 
 
 def _fail(path: Path, problem: str) -> ReportError:
@@ -161,12 +133,7 @@ def _fail(path: Path, problem: str) -> ReportError:
     return ReportError(f"{path}: {problem}")
 
 
-def _number(value: Any) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The parsed content of ``path``; a :class:`ReportError` says why it cannot be."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -186,63 +153,71 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
-def _check_entry(path: Path, index: int, raw: Any) -> Entry:
-    """Validate one item of ``benchmarks`` as an :class:`Entry`."""
+def _measurement(path: Path, index: int, raw: Any) -> Measurement:
+    """One item of ``benchmarks`` as a :class:`Measurement`, every field checked."""
     if not isinstance(raw, dict):
-        raise _fail(path, f"benchmark #{index} is not an object")
+        raise _fail(path, f"benchmarks[{index}] is {type(raw).__name__}, not an object")
     name = raw.get("fullname") or raw.get("name") or f"#{index}"
     where = f"benchmark {name!r}"
     for key in ("name", "group", "stats", "extra_info"):
         if key not in raw:
             raise _fail(path, f"{where} has no {key!r}: a partial or foreign pytest-benchmark file")
-    stats, info = raw["stats"], raw["extra_info"]
-    if not isinstance(stats, dict):
-        raise _fail(path, f"{where}: 'stats' is not an object")
-    for key in STAT_KEYS:
-        if key not in stats:
-            raise _fail(path, f"{where}: stats has no {key!r}")
-        if not _number(stats[key]) or stats[key] < 0:
-            raise _fail(path, f"{where}: stats[{key!r}] is {stats[key]!r}, not a number >= 0")
-    if stats["median"] <= 0:
-        raise _fail(path, f"{where}: median time is {stats['median']}, not positive")
-    if not isinstance(info, dict) or not info:
+    for key in ("name", "fullname", "group"):
+        if key in raw and not isinstance(raw[key], str):
+            raise _fail(path, f"{where}: {key} is {raw[key]!r}, not a string")
+    try:
+        timing = Timing.from_dict(raw["stats"], f"{where}: stats")
+        case = results.from_extra_info(raw["extra_info"], f"{where}: extra_info")
+    except ResultError as error:
+        raise _fail(path, str(error)) from None
+    group = results.GROUPS[case.kind]
+    if raw["group"] != group:
         raise _fail(
-            path, f"{where}: extra_info is empty: not written by fmbench's benchmarks/ suite"
+            path, f"{where}: group is {raw['group']!r}, expected {group!r} for kind {case.kind!r}"
         )
-    kind = info.get("kind")
-    if kind not in EXTRA_KEYS:
+    return Measurement(raw["name"], raw.get("fullname") or raw["name"], group, timing, case)
+
+
+def _check_schema(path: Path, fmbench: dict[str, Any]) -> None:
+    """The ``fmbench`` section's schema is one this report reads (1: before impls.results)."""
+    schema = fmbench.get("schema", 1)
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise _fail(path, f"fmbench.schema is {schema!r}, not a schema number")
+    if schema > results.SCHEMA:
         raise _fail(
-            path, f"{where}: extra_info['kind'] is {kind!r}, expected one of {list(EXTRA_KEYS)}"
+            path,
+            f"fmbench.schema is {schema}: written by a newer fmbench (this one reads "
+            f"schemas 1 to {results.SCHEMA})",
         )
-    for key in EXTRA_KEYS[kind]:
-        if key not in info:
-            raise _fail(path, f"{where}: extra_info has no {key!r}")
-    if kind in TRAINING_KINDS:
-        accuracy = info["final_test_accuracy"]
-        if not _number(accuracy) or not 0 <= accuracy <= 1:
-            raise _fail(path, f"{where}: final_test_accuracy is {accuracy!r}, not in [0, 1]")
-    if kind == "epoch":
-        history = info["history"]
-        if not isinstance(history, list) or not history:
-            raise _fail(path, f"{where}: extra_info['history'] is empty or not a list")
-        for record in history:
-            missing = [key for key in HISTORY_KEYS if key not in (record or {})]
-            if missing:
-                raise _fail(path, f"{where}: a history record has no {', '.join(missing)}")
-    return Entry(
-        str(raw["name"]),
-        str(raw.get("fullname") or raw["name"]),
-        str(raw["group"]),
-        kind,
-        stats,
-        info,
-    )
+
+
+def _check_tests(path: Path, tests: Any, entries: Sequence[Measurement]) -> None:
+    """``fmbench.tests`` lists every benchmark with its outcome, and matches the entries."""
+    if not isinstance(tests, list):
+        raise _fail(path, "fmbench.tests is missing: cannot tell which benchmarks ran")
+    for test in tests:
+        if not isinstance(test, dict) or "nodeid" not in test or "outcome" not in test:
+            raise _fail(path, f"fmbench.tests has a malformed item: {test!r}")
+    never = [t["nodeid"] for t in tests if t["outcome"] == "not run"]
+    if never:
+        raise _fail(
+            path,
+            f"partial run: {len(never)} benchmark(s) never ran (interrupted?), first {never[0]!r}",
+        )
+    measured = {entry.fullname for entry in entries}
+    for test in tests:
+        if test["outcome"] == "passed" and test["nodeid"] not in measured:
+            raise _fail(
+                path,
+                f"benchmark entry for {test['nodeid']!r} is missing although the test passed: "
+                "the file is partial",
+            )
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Read and validate one JSON file; raise :class:`ReportError` on any problem."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise _fail(path, f"top level is a JSON {type(data).__name__}, not an object")
     for key in ("machine_info", "commit_info", "benchmarks", "datetime"):
@@ -254,57 +229,37 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             "no 'fmbench' section: not written by fmbench's benchmarks/ suite (run "
             "'python -m pytest benchmarks --benchmark-json=FILE'), or cut short",
         )
-    if not isinstance(data["benchmarks"], list) or not data["benchmarks"]:
-        raise _fail(path, "'benchmarks' is empty: the run measured nothing")
     for key in ("machine_info", "commit_info", "fmbench"):
         if not isinstance(data[key], dict):
-            raise _fail(path, f"{key!r} is not an object")
-    entries = [_check_entry(path, i, raw) for i, raw in enumerate(data["benchmarks"])]
-    run = Run(
+            raise _fail(path, f"{key} is {type(data[key]).__name__}, not an object")
+    _check_schema(path, data["fmbench"])
+    if not isinstance(data["benchmarks"], list) or not data["benchmarks"]:
+        raise _fail(path, "'benchmarks' is empty: the run measured nothing")
+    entries = [_measurement(path, i, raw) for i, raw in enumerate(data["benchmarks"])]
+    tests = data["fmbench"].get("tests")
+    _check_tests(path, tests, entries)
+    # A test that failed after pytest-benchmark recorded its timing: its numbers are not
+    # trusted; it is listed with the other failures instead.
+    failed = {t["nodeid"] for t in tests if t["outcome"] in ("failed", "error")}
+    return Run(
         path,
         str(data["datetime"]),
         data["machine_info"],
         data["commit_info"],
         data["fmbench"],
-        entries,
+        [entry for entry in entries if entry.fullname not in failed],
     )
-    tests = data["fmbench"].get("tests")
-    if not isinstance(tests, list):
-        raise _fail(path, "fmbench['tests'] is missing: cannot tell which benchmarks ran")
-    measured = {entry.fullname for entry in entries}
-    for test in tests:
-        if not isinstance(test, dict) or "nodeid" not in test or "outcome" not in test:
-            raise _fail(path, f"fmbench['tests'] has a malformed item: {test!r}")
-    never = [t["nodeid"] for t in tests if t["outcome"] == "not run"]
-    if never:
-        raise _fail(
-            path,
-            f"partial run: {len(never)} benchmark(s) never ran (interrupted?), first {never[0]!r}",
-        )
-    for test in tests:
-        if test["outcome"] == "passed" and test["nodeid"] not in measured:
-            raise _fail(
-                path,
-                f"benchmark entry for {test['nodeid']!r} is missing although the test passed: "
-                "the file is partial",
-            )
-    # A test that failed after pytest-benchmark recorded its timing: its numbers are not
-    # trusted; it is listed with the other failures instead.
-    failed = {t["nodeid"] for t in tests if t["outcome"] in ("failed", "error")}
-    run.entries = [entry for entry in entries if entry.fullname not in failed]
-    return run
 
 
 def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
-    """Load every file; give each run a machine label (unique among them)."""
+    """Load every file (each parsed once); label each run with its machine."""
     runs = [load_run(path) for path in paths]
     if not runs:
         raise ReportError("no benchmark JSON files given")
-    _label_runs(runs)
-    return runs
+    return label_runs(runs)
 
 
-def _label_runs(runs: Sequence[Run]) -> None:
+def label_runs(runs: Sequence[Run]) -> list[Run]:
     """Label each run with its machine; the same machine twice gets the date too."""
     for run in runs:
         extra = run.extra_machine
@@ -317,92 +272,5 @@ def _label_runs(runs: Sequence[Run]) -> None:
         counts[run.label] = counts.get(run.label, 0) + 1
     for run in runs:  # the same machine twice: tell the runs apart by date
         if counts[run.label] > 1:
-            run.label += f" {_short_date(run)}"
-
-
-def _short_date(run: Run) -> str:
-    """The run's date as 'YYYY-MM-DD HH:MM', or as recorded if unparsable."""
-    when = run.when
-    return when.strftime("%Y-%m-%d %H:%M") if when else run.datetime
-
-
-# ------------------------------------------------------------------ previous
-
-
-def find_previous(run: Run, storage: str | os.PathLike[str] = DEFAULT_STORAGE) -> Run | None:
-    """The newest saved run in ``storage`` older than ``run``, from the same machine.
-
-    ``storage`` is pytest-benchmark's ``--benchmark-autosave`` folder; files that
-    are not fmbench runs, or are unreadable, are passed over. The copy of
-    ``run`` itself (same ``run_id``) is never chosen, and a ``--quick`` smoke
-    run is only compared with another smoke run.
-    """
-    storage = Path(storage)
-    if not storage.is_dir():
-        return None
-    best: Run | None = None
-    for path in sorted(storage.rglob("*.json")):
-        try:
-            candidate = load_run(path)
-        except ReportError:
-            continue
-        if candidate.machine_key != run.machine_key:
-            continue
-        if bool(candidate.settings.get("quick")) != bool(run.settings.get("quick")):
-            continue  # a smoke run and a measurement are not compared
-        if run.run_id is not None and candidate.run_id == run.run_id:
-            continue
-        if candidate.path.resolve() == run.path.resolve():
-            continue
-        if not _older(candidate, run):
-            continue
-        if best is None or _older(best, candidate):
-            best = candidate
-    return best
-
-
-def _older(a: Run, b: Run) -> bool:
-    """Whether ``a`` was recorded before ``b`` (naive dates taken as UTC)."""
-    a_when, b_when = a.when, b.when
-    if a_when is None or b_when is None:
-        return a.datetime < b.datetime
-    if a_when.tzinfo is None:
-        a_when = a_when.replace(tzinfo=timezone.utc)
-    if b_when.tzinfo is None:
-        b_when = b_when.replace(tzinfo=timezone.utc)
-    return a_when < b_when
-
-
-def newest_saved(storage: str | os.PathLike[str] = DEFAULT_STORAGE) -> Path | None:
-    """The most recent fmbench run saved in ``storage`` (by its recorded date)."""
-    storage = Path(storage)
-    runs = []
-    for path in sorted(storage.rglob("*.json")) if storage.is_dir() else []:
-        try:
-            runs.append(load_run(path))
-        except ReportError:
-            continue
-    if not runs:
-        return None
-    newest = runs[0]
-    for run in runs[1:]:
-        if _older(newest, run):
-            newest = run
-    return newest.path
-
-
-def _pair_previous(runs: Sequence[Run], previous: Sequence[Run]) -> dict[int, tuple[Run, bool]]:
-    """For each current run (by index), the previous run to compare with, and whether
-    its machine matches."""
-    pairs: dict[int, tuple[Run, bool]] = {}
-    for index, run in enumerate(runs):
-        same = [p for p in previous if p.machine_key == run.machine_key and p.run_id != run.run_id]
-        if same:
-            newest = same[0]
-            for candidate in same[1:]:
-                if _older(newest, candidate):
-                    newest = candidate
-            pairs[index] = (newest, True)
-        elif len(runs) == 1 and len(previous) == 1:
-            pairs[index] = (previous[0], False)
-    return pairs
+            run.label += f" {run.short_date}"
+    return list(runs)

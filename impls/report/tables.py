@@ -1,42 +1,24 @@
 """The report's tables, each built from the results frame or the runs as a DataFrame.
 
-pandas (and tabulate, for :func:`_md`) are imported inside the functions.
+Cells are formatted here (:mod:`.text`); the numbers come from the frame
+(:mod:`.frame`). pandas is imported inside the functions.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from impls.report.frame import BASELINE
-from impls.report.runs import Run, _number, _short_date
+from impls.report.runs import Run
+from impls.report.text import is_number, number, present
 
 NOISY_IQR_FRACTION = 0.10  # IQR/median above this: the row is marked noisy
 
 
-# ---------------------------------------------------------------- formatting
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    """``value`` to ``digits`` significant digits, never in exponent notation."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    value = float(value)
-    if value == 0:
-        return "0"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}"
-
-
-def _present(value: Any) -> bool:
-    """Whether ``value`` is neither None nor NaN."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
 def _delta_text(row) -> str:
     """The *Δ vs previous* cell of a results row."""
-    if not _present(row.get("verdict")):
+    if not present(row.get("verdict")):
         return "—"
     text = f"{row['delta_pct']:+.1f} %"
     if row["verdict"] == "regression":
@@ -44,11 +26,6 @@ def _delta_text(row) -> str:
     if row["verdict"] == "improvement":
         return f"{text} ▼ faster"
     return f"{text} (noise)"
-
-
-def _md(frame) -> str:
-    """``frame`` as a Markdown table, cells left as they are."""
-    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 # ---------------------------------------------------------------- the tables
@@ -61,7 +38,7 @@ def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | N
     rows = frame[frame["kind"].isin(["epoch", "limit"])].copy()
     rows["_limit"] = rows["kind"] == "limit"
     rows = rows.sort_values(["run", "_limit", "median_s"])
-    target_text = _num(target, 2) if target is not None else "target"
+    target_text = number(target, 2) if target is not None else "target"
     table = []
     for _, row in rows.iterrows():
         is_limit = row["kind"] == "limit"
@@ -72,28 +49,29 @@ def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | N
             "*limit: read float32 train set once*" if is_limit else row["implementation"]
         )
         record["device"] = row["device"] or "—"
-        record["epoch [s] median (IQR)"] = f"{_num(row['median_s'])} ({_num(row['iqr_s'], 2)})"
+        record["epoch [s] median (IQR)"] = f"{number(row['median_s'])} ({number(row['iqr_s'], 2)})"
         record["examples/s"] = (
             "—"
-            if is_limit or not _present(row["examples_per_s"])
+            if is_limit or not present(row["examples_per_s"])
             else f"{row['examples_per_s']:,.0f}"
         )
         speedup = row["speedup_vs_baseline"]
         record[f"speed-up vs {BASELINE}"] = (
             "—"
-            if not _present(speedup)
-            else f"{_num(speedup)}×" + (" (baseline)" if row["implementation"] == BASELINE else "")
+            if not present(speedup)
+            else f"{number(speedup)}×"
+            + (" (baseline)" if row["implementation"] == BASELINE else "")
         )
         record["× limit"] = (
-            "—" if not _present(row["limit_multiple"]) else f"{_num(row['limit_multiple'])}×"
+            "—" if not present(row["limit_multiple"]) else f"{number(row['limit_multiple'])}×"
         )
-        record["first epoch [s]"] = "—" if is_limit else _num(row["first_epoch_s"])
+        record["first epoch [s]"] = "—" if is_limit else number(row["first_epoch_s"])
         record["test accuracy"] = "—" if is_limit else f"{row['final_test_accuracy']:.4f}"
         tta = row["time_to_accuracy_s"]
         record[f"time to {target_text} [s]"] = (
-            "—" if is_limit else (_num(tta) if _present(tta) else "not reached")
+            "—" if is_limit else (number(tta) if present(tta) else "not reached")
         )
-        record["peak RSS [MiB]"] = "—" if is_limit else _num(row["peak_rss_mib"], 3)
+        record["peak RSS [MiB]"] = "—" if is_limit else number(row["peak_rss_mib"], 3)
         if with_delta:
             record["Δ vs previous"] = _delta_text(row)
         table.append(record)
@@ -126,12 +104,12 @@ def sweep_table(frame, kind: str, *, with_machine: bool):
             point = cell.iloc[0]
             medians[value] = point["median_s"]
             record[label] = (
-                f"{_num(point['median_s'])} s ({_num(point['iqr_s'], 2)}) · "
+                f"{number(point['median_s'])} s ({number(point['iqr_s'], 2)}) · "
                 f"{point['examples_per_s']:,.0f}/s"
             )
         if kind == "threads" and len(medians) >= 2:
             low, high = min(medians), max(medians)
-            record[f"speed-up {low}→{high} threads"] = f"{_num(medians[low] / medians[high])}×"
+            record[f"speed-up {low}→{high} threads"] = f"{number(medians[low] / medians[high])}×"
         table.append(record)
     result = pd.DataFrame(table)
     order = index_cols + [c for c in result.columns if c not in index_cols]
@@ -155,19 +133,19 @@ def startup_table(frame, *, with_machine: bool, with_delta: bool):
     for _, row in rows.iterrows():
         record = {"machine": row["machine"]} if with_machine else {}
         parts = []
-        if _present(row["build_s"]):
-            build = f"build {_num(row['build_s'])} s"
-            if _present(row["compile_s"]):
-                build += f" (of which compile {_num(row['compile_s'])} s)"
+        if present(row["build_s"]):
+            build = f"build {number(row['build_s'])} s"
+            if present(row["compile_s"]):
+                build += f" (of which compile {number(row['compile_s'])} s)"
             parts.append(build)
-        if _present(row["first_epoch_s"]):
-            parts.append(f"first epoch {_num(row['first_epoch_s'])} s")
+        if present(row["first_epoch_s"]):
+            parts.append(f"first epoch {number(row['first_epoch_s'])} s")
         record.update(
             {
                 "measurement": row["startup"],
                 "implementation": row["implementation"],
                 "device": row["device"] or "—",
-                "median [s] (IQR)": f"{_num(row['median_s'])} ({_num(row['iqr_s'], 2)})",
+                "median [s] (IQR)": f"{number(row['median_s'])} ({number(row['iqr_s'], 2)})",
                 "rounds": int(row["rounds"]),
                 "medians of the parts": " + ".join(parts) or "—",
             }
@@ -187,7 +165,7 @@ def noise_table(frame, *, with_machine: bool):
     rows = rows.sort_values(["run", "_startup", "median_s"])
     table = []
     for _, row in rows.iterrows():
-        spread = row["iqr_s"] / row["median_s"]
+        spread = row["iqr_fraction"]
         record = {"machine": row["machine"]} if with_machine else {}
         name = row["implementation"]
         if row["kind"] == "compute":
@@ -202,9 +180,9 @@ def noise_table(frame, *, with_machine: bool):
                 "rounds": int(row["rounds"]),
                 "IQR / median": f"{100 * spread:.1f} %"
                 + (" (noisy)" if spread > NOISY_IQR_FRACTION else ""),
-                "min [s]": _num(row["min_s"]),
-                "max [s]": _num(row["max_s"]),
-                "max / min": f"{_num(row['max_s'] / row['min_s'])}×",
+                "min [s]": number(row["min_s"]),
+                "max [s]": number(row["max_s"]),
+                "max / min": f"{number(row['max_s'] / row['min_s'])}×",
             }
         )
         table.append(record)
@@ -216,7 +194,7 @@ def noise_table(frame, *, with_machine: bool):
 
 def _gib(value: Any) -> str:
     """Bytes as 'N.N GiB', or '—'."""
-    return f"{value / 2**30:.1f} GiB" if _number(value) else "—"
+    return f"{value / 2**30:.1f} GiB" if is_number(value) else "—"
 
 
 def machine_table(runs: Sequence[Run]):
@@ -240,7 +218,7 @@ def machine_table(runs: Sequence[Run]):
             {str(f.get("device_name")) for f in frameworks.values() if f.get("device_name")}
         )
         columns[run.label] = {
-            "run": f"{_short_date(run)} UTC, commit {run.commit}",
+            "run": f"{run.short_date} UTC, commit {run.commit}",
             "CPU": extra.get("cpu_model") or "—",
             "logical CPUs (physical cores)": cpus,
             "memory": _gib(extra.get("memory_bytes")),
@@ -263,7 +241,7 @@ def machine_table(runs: Sequence[Run]):
 
 def _other_text(other: dict | None) -> str:
     """Other processes' average CPU use during the run, or '—'."""
-    if not other or not _number(other.get("other_cpus")):
+    if not other or not is_number(other.get("other_cpus")):
         return "—"
     return f"{other['other_cpus']:.2f} CPUs on average over {other['wall_seconds']:.0f} s"
 
@@ -284,21 +262,21 @@ def settings_table(runs: Sequence[Run], *, with_machine: bool):
     table = []
     for run in runs:
         registry.update(run.fmbench.get("registry") or {})
-        for entry in run.of_kind("epoch"):
-            runtime = entry.info.get("runtime") or {}
+        for entry, case in run.trained("epoch"):
+            runtime = case.runtime
             shared = (registry.get(entry.implementation) or {}).get("follows_shared_order", True)
             record = {"machine": run.label} if with_machine else {}
             record.update(
                 {
                     "implementation": entry.implementation,
                     "device": str(
-                        runtime.get("device_name") or runtime.get("device") or entry.info["device"]
+                        runtime.get("device_name") or runtime.get("device") or case.device
                     ),
                     "threads applied": str(runtime.get("threads", "—")),
                     "minibatch order": "shared MinibatchOrder"
                     if shared
                     else "own DataLoader shuffle",
-                    "build [s]": _num(entry.info.get("build_seconds")),
+                    "build [s]": number(case.build_seconds),
                     "other settings": _runtime_text(runtime),
                 }
             )

@@ -1,0 +1,83 @@
+"""The runs to compare with: pytest-benchmark's autosave folder, searched once.
+
+:func:`load_saved` parses every JSON file under the folder once (files already
+loaded as current runs are reused, not parsed again); :func:`newest` and
+:func:`find_previous` then choose among those :class:`Run` objects, and
+:func:`pair_previous` matches each current run with the one it is compared with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from impls.report.runs import ReportError, Run, load_run
+
+DEFAULT_STORAGE = ".benchmarks"  # pytest-benchmark's --benchmark-autosave folder
+
+
+def load_saved(storage: str | os.PathLike[str], loaded: Iterable[Run] = ()) -> list[Run]:
+    """Every fmbench run saved under ``storage``, each file parsed once.
+
+    Files that are not fmbench runs, or are unreadable, are passed over. A file
+    already loaded (a run in ``loaded``, by resolved path) is taken as it is.
+    """
+    storage = Path(storage)
+    if not storage.is_dir():
+        return []
+    known = {run.path.resolve(): run for run in loaded}
+    saved = []
+    for path in sorted(storage.rglob("*.json")):
+        run = known.get(path.resolve())
+        if run is None:
+            try:
+                run = load_run(path)
+            except ReportError:
+                continue
+        saved.append(run)
+    return saved
+
+
+def newest(runs: Iterable[Run]) -> Run | None:
+    """The most recently recorded of ``runs`` (the first of equals), or None."""
+    best: Run | None = None
+    for run in runs:
+        if best is None or best.recorded_before(run):
+            best = run
+    return best
+
+
+def find_previous(run: Run, saved: Iterable[Run]) -> Run | None:
+    """The newest of ``saved`` recorded before ``run`` on the same machine, or None.
+
+    ``saved`` comes from :func:`load_saved`. The copy of ``run`` itself (same
+    ``run_id`` or same file) is never chosen, and a ``--quick`` smoke run is
+    only compared with another smoke run.
+    """
+    quick = bool(run.settings.get("quick"))
+    return newest(
+        candidate
+        for candidate in saved
+        if candidate.machine_key == run.machine_key
+        and bool(candidate.settings.get("quick")) == quick  # smoke runs are not measurements
+        and not (run.run_id is not None and candidate.run_id == run.run_id)
+        and candidate.path.resolve() != run.path.resolve()
+        and candidate.recorded_before(run)
+    )
+
+
+def pair_previous(runs: Sequence[Run], previous: Sequence[Run]) -> dict[int, tuple[Run, bool]]:
+    """For each current run (by index), the previous run to compare with, and whether
+    its machine matches: the newest previous run of the same machine; with one run on
+    each side, the previous run even from another machine."""
+    pairs: dict[int, tuple[Run, bool]] = {}
+    for index, run in enumerate(runs):
+        same = newest(
+            p for p in previous if p.machine_key == run.machine_key and p.run_id != run.run_id
+        )
+        if same is not None:
+            pairs[index] = (same, True)
+        elif len(runs) == 1 and len(previous) == 1:
+            pairs[index] = (previous[0], False)
+    return pairs
