@@ -814,3 +814,12 @@ def test_committed_runs_build_with_their_numbers(tmp_path: Path) -> None:
         assert f"{number(1000 * limit)} ms ({number(gigabytes)} GB/s" in text
         floor = expected(find(document, "compute"))["floor_s"]
         assert f"take {number(1000 * floor)} ms" in text
+
+
+@pytest.mark.parametrize(("schema", "worker_clock"), [(2, True), (1, False)])
+def test_method_names_the_clock_of_the_history(tmp_path, out_dir, schema, worker_clock) -> None:
+    """Schema 2 histories are timed by the worker; schema 1 histories by the request."""
+    document = make_run()
+    document["fmbench"]["schema"] = schema
+    markdown = report.build_report([write(tmp_path / "run.json", document)], out_dir).read_text()
+    assert ("the worker's own clock around `train_epoch`" in markdown) is worker_clock

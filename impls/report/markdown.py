@@ -70,6 +70,17 @@ def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str
     return rows
 
 
+def _clocks_text(runs: Sequence[Run]) -> str:
+    """Which clock the history's seconds come from, for the runs' schema."""
+    if all((run.fmbench.get("schema") or 1) >= 2 for run in runs):
+        return (
+            " *First epoch*, *time to accuracy* and the accuracy-against-time figure come from "
+            "the worker's own clock around `train_epoch` (the clock `fmbench train` prints), "
+            "not from the request's round trip."
+        )
+    return ""
+
+
 def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     """The *Method and caveats* section, ending with ``previous_lines``."""
     first = runs[0]
@@ -95,6 +106,7 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "is the median round, *IQR* the interquartile range of the rounds; *examples/s* = "
         "training examples / median."
         + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
+        + _clocks_text(runs)
     )
     lines.append(
         "- **The limit** is one read of the float32 training set (60000 × 784 × 4 B = 188 MB): "
