@@ -38,22 +38,21 @@ from impls.config import TrainConfig
 from impls.data import FASHION_MNIST, FashionMNIST, encode_idx, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
+    Accumulator,
     apply_threads,
-    available_devices,
     build_net,
-    device_name,
     evaluate_batches,
-    host_sum,
     linear_params,
     resolve_device,
-    synchronize,
+    runtime_info,
+    torch_devices,
 )
-
-__all__ = ["available_devices", "make_trainer"]
 
 BOOK_WORKERS = 4  # the book's get_dataloader_workers()
 # A worker that has not delivered its probe sample by then is taken as unable to run.
 PROBE_TIMEOUT_S = 60
+
+# ----------------------------------------------------------------------- data
 
 
 def write_raw_files(data: FashionMNIST, root: Path) -> None:
@@ -97,6 +96,9 @@ def usable_workers(dataset: Dataset, wanted: int) -> tuple[int, str]:
     return wanted, ""
 
 
+# ---------------------------------------------------------------------- state
+
+
 class D2LReferenceTrainer:
     """The book's training loop behind the protocol; the loaders own data and order."""
 
@@ -132,9 +134,7 @@ class D2LReferenceTrainer:
         # ``order`` is deliberately unused: the loader shuffles, as in the book.
         apply_threads(self._config.threads)
         self._net.train()
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        seen = 0
+        sums = Accumulator(self._device)
         for images, labels in self._train_iter:
             images, labels = images.to(self._device), labels.to(self._device)
             logits = self._net(images)
@@ -143,11 +143,9 @@ class D2LReferenceTrainer:
             losses.mean().backward()
             self._updater.step()
             # Kept on the device (the book calls float() here, a sync per batch on a GPU).
-            batch_loss_sums.append(losses.detach().sum())
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += len(labels)
-        synchronize(self._device)
-        return EpochStats(host_sum(batch_loss_sums) / seen, int(correct) / seen)
+            correct = (logits.detach().argmax(dim=1) == labels).sum()
+            sums.add(losses.detach().sum(), correct, len(labels))
+        return EpochStats(*sums.means())
 
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
@@ -173,10 +171,7 @@ class D2LReferenceTrainer:
 
     def runtime_info(self) -> Mapping[str, object]:
         info: dict[str, object] = {
-            "device": self._device.type,
-            "device_name": device_name(self._device),
-            "threads": self._threads,
-            "torch": torch.__version__,
+            **runtime_info(self._device, self._threads),
             "torchvision": torchvision.__version__,
             "num_workers": self._num_workers,
         }
@@ -187,3 +182,6 @@ class D2LReferenceTrainer:
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> D2LReferenceTrainer:
     return D2LReferenceTrainer(data, params, config)
+
+
+available_devices = torch_devices  # the protocol's name for the PyTorch devices present

@@ -19,21 +19,18 @@ from impls.config import TrainConfig
 from impls.data import FashionMNIST, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
+    Accumulator,
     apply_threads,
-    available_devices,
     build_net,
     evaluate_batches,
     flat_images,
-    host_sum,
     linear_params,
-    resolve_device,
+    place,
     runtime_info,
-    synchronize,
+    shuffled_batches,
     tensor_batches,
-    to_device,
+    torch_devices,
 )
-
-__all__ = ["available_devices", "make_trainer"]
 
 
 class TorchNNTrainer:
@@ -41,9 +38,8 @@ class TorchNNTrainer:
 
     def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
         self._config = config
-        self._device = resolve_device(config.device)
-        self._threads = apply_threads(config.threads)
-        self._train_x, self._train_y, self._test_x, self._test_y = to_device(data, self._device)
+        self._device, self._threads, on_device = place(data, config)
+        self._train_x, self._train_y, self._test_x, self._test_y = on_device
         self._net = build_net(params, self._device)
         # Mean over each batch, as the protocol asks: the last, shorter batch takes its own mean.
         self._loss = nn.CrossEntropyLoss(reduction="mean")
@@ -54,24 +50,18 @@ class TorchNNTrainer:
         order = check_order(order, len(self._train_y))
         apply_threads(self._config.threads)
         self._net.train()
-        index = torch.as_tensor(order, dtype=torch.int64).to(self._device)
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        for start in range(0, len(index), self._config.batch_size):
-            batch = index[start : start + self._config.batch_size]
-            # index_select: the same rows as self._train_x[batch], several times faster on CPU.
-            images = self._train_x.index_select(0, batch)
-            labels = self._train_y.index_select(0, batch)
+        sums = Accumulator(self._device)
+        batches = shuffled_batches(self._train_x, self._train_y, order, self._config.batch_size)
+        for images, labels in batches:
             logits = self._net(images)
             loss = self._loss(logits, labels)
             self._optimizer.zero_grad()
             loss.backward()
             self._optimizer.step()
             # Mean times count gives the batch's sum, for the epoch's per-example mean.
-            batch_loss_sums.append(loss.detach() * len(batch))
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
-        synchronize(self._device)
-        return EpochStats(host_sum(batch_loss_sums) / len(order), int(correct) / len(order))
+            correct = (logits.detach().argmax(dim=1) == labels).sum()
+            sums.add(loss.detach() * len(labels), correct, len(labels))
+        return EpochStats(*sums.means())
 
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
@@ -96,3 +86,6 @@ class TorchNNTrainer:
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchNNTrainer:
     return TorchNNTrainer(data, params, config)
+
+
+available_devices = torch_devices  # the protocol's name for the PyTorch devices present

@@ -1,10 +1,13 @@
 """Softmax regression in PyTorch "from scratch" (the book's section 3.6).
 
-The book's own ``softmax``, ``cross_entropy``, ``accuracy`` and minibatch
-``sgd`` on plain tensors; autograd computes the gradients. Unlike the book,
-softmax and loss subtract the row maximum (log-sum-exp), so large logits give
-finite results. The dataset is moved to the device once, as float32 (N, 784);
-the device, thread and data helpers come from :mod:`impls.torch_support`.
+The maths is four functions on plain tensors: :func:`forward` (logits),
+:func:`cross_entropy` (per-example losses), :func:`count_correct` and
+:func:`train_step`, one minibatch SGD step (the book's ``sgd``) on gradients
+from autograd. :class:`TorchScratchTrainer` holds the state and runs exactly
+those. Unlike the book, the loss stays in log space and subtracts each row's
+maximum (log-sum-exp), so large logits give finite losses. The dataset is moved
+to the device once, as float32 (N, 784); the device, thread and data helpers
+come from :mod:`impls.torch_support`.
 """
 
 from __future__ import annotations
@@ -18,66 +21,63 @@ from impls.config import TrainConfig
 from impls.data import FashionMNIST, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
+    Accumulator,
     apply_threads,
-    available_devices,
     evaluate_batches,
     flat_images,
-    host_sum,
-    resolve_device,
+    place,
     runtime_info,
-    synchronize,
+    shuffled_batches,
     tensor_batches,
-    to_device,
+    torch_devices,
 )
-
-__all__ = ["available_devices", "make_trainer"]
 
 # ---------------------------------------------------------------------- maths
 
 
-def net(weights: torch.Tensor, bias: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Logits (N, 10) of flattened images (N, 784)."""
-    return images @ weights + bias
-
-
-def _shifted(logits: torch.Tensor) -> torch.Tensor:
-    """Logits minus each row's maximum, so exp() cannot overflow."""
-    # The shift is a constant for autograd: softmax does not depend on it, and
-    # detaching keeps rounding noise from flowing back through max().
-    return logits - logits.max(dim=1, keepdim=True).values.detach()
-
-
-def softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Row-wise probabilities (the book's ``softmax``, made stable)."""
-    exps = _shifted(logits).exp()
-    return exps / exps.sum(dim=1, keepdim=True)
-
-
-def log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Row-wise log-probabilities via log-sum-exp."""
-    shifted = _shifted(logits)
-    return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+def forward(weights_t: torch.Tensor, bias: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Logits (N, 10) of flattened images (N, 784); ``weights_t`` is W transposed, (10, 784)."""
+    return images @ weights_t.t() + bias
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example loss: minus the log of the probability picked by the label."""
+    # The shift is a constant for autograd: softmax does not depend on it, and
+    # detaching keeps rounding noise from flowing back through max().
+    shifted = logits - logits.max(dim=1, keepdim=True).values.detach()
     # The book takes log(softmax(...)[rows, labels]); staying in log space keeps
     # a vanishing probability from becoming log(0) = -inf.
+    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
     rows = torch.arange(len(labels), device=labels.device)
-    return -log_softmax(logits)[rows, labels]
+    return -log_probs[rows, labels]
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Number of correct predictions, as a tensor left on the device (no sync)."""
     return (logits.argmax(dim=1) == labels).sum()
 
 
-def sgd(params: list[torch.Tensor], lr: float, batch_size: int) -> None:
-    """Minibatch SGD on a summed loss's gradients, which it then zeroes (the book's ``sgd``)."""
+def train_step(
+    weights_t: torch.Tensor,
+    bias: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on one batch, in place: the batch's loss sum and correct count.
+
+    Backward on the summed loss, then the book's ``sgd``: divide by the batch's
+    actual length (so a shorter last batch also takes its mean) and zero the
+    gradients. Both results stay on the device.
+    """
+    logits = forward(weights_t, bias, images)
+    losses = cross_entropy(logits, labels)
+    losses.sum().backward()
     with torch.no_grad():
-        for param in params:
-            param -= lr * param.grad / batch_size
+        for param in (weights_t, bias):
+            param -= lr * param.grad / len(labels)
             param.grad.zero_()
+    return losses.detach().sum(), count_correct(logits.detach(), labels)
 
 
 # ---------------------------------------------------------------------- state
@@ -88,14 +88,11 @@ class TorchScratchTrainer:
 
     def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
         self._config = config
-        self._device = resolve_device(config.device)
-        self._threads = apply_threads(config.threads)
-        self._train_x, self._train_y, self._test_x, self._test_y = to_device(data, self._device)
-        # W lives transposed, (10, 784) row-major, and enters net() as the view .t():
-        # MKL runs x @ W and its gradient 1.7x faster in that layout on this CPU
-        # (torch.profiler: aten::mm 236 -> ~70 us a call; epoch 0.158 -> 0.121 s).
-        # Same values, same maths. The copy matters: torch.tensor(W.T) keeps W.T's
-        # column-major strides, which would undo the point.
+        self._device, self._threads, on_device = place(data, config)
+        self._train_x, self._train_y, self._test_x, self._test_y = on_device
+        # W lives transposed, (10, 784) row-major, as nn.Linear keeps it: MKL's fast
+        # kernels for x @ W and its gradient take that layout. The copy matters:
+        # torch.tensor(W.T) would keep W.T's column-major strides.
         self._weights_t = torch.tensor(
             np.ascontiguousarray(params.weights.T), device=self._device, requires_grad=True
         )
@@ -104,29 +101,20 @@ class TorchScratchTrainer:
     def train_epoch(self, order: np.ndarray) -> EpochStats:
         order = check_order(order, len(self._train_y))
         apply_threads(self._config.threads)
-        index = torch.as_tensor(order, dtype=torch.int64).to(self._device)
-        batch_loss_sums: list[torch.Tensor] = []
-        correct = torch.zeros((), dtype=torch.int64, device=self._device)
-        for start in range(0, len(index), self._config.batch_size):
-            batch = index[start : start + self._config.batch_size]
-            # index_select: the same rows as self._train_x[batch], several times faster on CPU.
-            images = self._train_x.index_select(0, batch)
-            labels = self._train_y.index_select(0, batch)
-            logits = net(self._weights_t.t(), self._bias, images)
-            losses = cross_entropy(logits, labels)
-            losses.sum().backward()
-            # The actual batch length, so the shorter last batch also takes its mean.
-            sgd([self._weights_t, self._bias], self._config.lr, len(batch))
-            batch_loss_sums.append(losses.detach().sum())
-            correct += accuracy(logits.detach(), labels)
-        synchronize(self._device)
-        return EpochStats(host_sum(batch_loss_sums) / len(order), int(correct) / len(order))
+        sums = Accumulator(self._device)
+        batches = shuffled_batches(self._train_x, self._train_y, order, self._config.batch_size)
+        for images, labels in batches:
+            loss_sum, correct = train_step(
+                self._weights_t, self._bias, images, labels, self._config.lr
+            )
+            sums.add(loss_sum, correct, len(labels))
+        return EpochStats(*sums.means())
 
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
         return evaluate_batches(
             tensor_batches(self._test_x, self._test_y),
-            lambda images: net(self._weights_t.t(), self._bias, images),
+            lambda images: forward(self._weights_t, self._bias, images),
             lambda logits, labels: cross_entropy(logits, labels).sum(),
             self._device,
         )
@@ -134,7 +122,7 @@ class TorchScratchTrainer:
     def predict(self, images: np.ndarray) -> np.ndarray:
         apply_threads(self._config.threads)
         with torch.no_grad():
-            logits = net(self._weights_t.t(), self._bias, flat_images(images, self._device))
+            logits = forward(self._weights_t, self._bias, flat_images(images, self._device))
         return logits.argmax(dim=1).cpu().numpy().astype(np.int64)
 
     def parameters(self) -> Params:
@@ -149,3 +137,6 @@ class TorchScratchTrainer:
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchScratchTrainer:
     return TorchScratchTrainer(data, params, config)
+
+
+available_devices = torch_devices  # the protocol's name for the PyTorch devices present

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.data import FashionMNIST, batch_bounds, to_float32
+from impls.config import TrainConfig
+from impls.data import NUM_CLASSES, NUM_INPUTS, FashionMNIST, batch_bounds, to_float32
 from impls.protocol import Evaluation, Params
-from impls.training import NUM_INPUTS, NUM_OUTPUTS
 
 EVAL_BATCH = 2048  # test examples per evaluation batch when the test set is on the device
 
 
-def available_devices() -> list[str]:
-    """The PyTorch devices present on this machine."""
+def torch_devices() -> list[str]:
+    """The PyTorch devices present on this machine (each PyTorch module's ``available_devices``)."""
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")
@@ -32,7 +32,7 @@ def available_devices() -> list[str]:
 
 def resolve_device(name: str) -> torch.device:
     """``name`` as a torch device, or a ValueError naming the devices present."""
-    present = available_devices()
+    present = torch_devices()
     if name not in present:
         raise ValueError(
             f"device {name!r} is not available to PyTorch here; available: {', '.join(present)}"
@@ -98,10 +98,48 @@ def to_device(data: FashionMNIST, device: torch.device) -> DeviceData:
     )
 
 
-def host_sum(batch_loss_sums: list[torch.Tensor]) -> float:
-    """The sum of per-batch loss sums, added up in float64 on the host."""
-    # One transfer per epoch instead of a sync per batch; float64 because MPS has none.
-    return float(torch.stack(batch_loss_sums).cpu().double().sum())
+def place(data: FashionMNIST, config: TrainConfig) -> tuple[torch.device, int, DeviceData]:
+    """What a PyTorch trainer does first: resolve the device, apply the threads, move the data."""
+    device = resolve_device(config.device)
+    return device, apply_threads(config.threads), to_device(data, device)
+
+
+class Accumulator:
+    """Per-batch loss sums and correct counts, kept on the device (the book's ``Accumulator``).
+
+    One transfer when the means are asked for, instead of a sync per batch; the
+    loss sums are added in float64 on the host, since MPS has no float64.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._loss_sums: list[torch.Tensor] = []
+        self._correct = torch.zeros((), dtype=torch.int64, device=device)
+        self._count = 0
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> None:
+        """Add one batch: its summed loss, its number of correct predictions, its size."""
+        self._loss_sums.append(loss_sum)
+        self._correct += correct
+        self._count += count
+
+    def means(self) -> tuple[float, float]:
+        """Mean per-example loss and accuracy over everything added (waits for the device)."""
+        synchronize(self._device)
+        loss = float(torch.stack(self._loss_sums).cpu().double().sum())
+        return loss / self._count, int(self._correct) / self._count
+
+
+def shuffled_batches(
+    images: torch.Tensor, labels: torch.Tensor, order: np.ndarray, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An epoch's minibatches in ``order``, gathered from tensors already on their device."""
+    index = torch.as_tensor(order, dtype=torch.int64).to(images.device)
+    for start in range(0, len(index), batch_size):
+        batch = index[start : start + batch_size]
+        # index_select: the same rows as images[batch], without the generic
+        # advanced-indexing path (see PERFORMANCE.md).
+        yield images.index_select(0, batch), labels.index_select(0, batch)
 
 
 def tensor_batches(
@@ -121,26 +159,20 @@ def evaluate_batches(
     """Mean loss and accuracy over ``batches``, without gradients (the book's evaluate_accuracy).
 
     ``logits_of(images)`` gives a batch's logits and ``loss_sum(logits, labels)`` its
-    summed loss; batches not yet on ``device`` are moved there. Sums stay on the
-    device until the end: one transfer, not one per batch.
+    summed loss; batches not yet on ``device`` are moved there.
     """
-    batch_loss_sums: list[torch.Tensor] = []
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    sums = Accumulator(device)
     with torch.no_grad():
         for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             logits = logits_of(images)
-            batch_loss_sums.append(loss_sum(logits, labels))
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
-    synchronize(device)
-    return Evaluation(host_sum(batch_loss_sums) / seen, int(correct) / seen)
+            sums.add(loss_sum(logits, labels), (logits.argmax(dim=1) == labels).sum(), len(labels))
+    return Evaluation(*sums.means())
 
 
 def build_net(params: Params, device: torch.device) -> nn.Sequential:
     """The book's model, its linear layer loaded from ``params``."""
-    net = nn.Sequential(nn.Flatten(), nn.Linear(NUM_INPUTS, NUM_OUTPUTS)).to(device)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(NUM_INPUTS, NUM_CLASSES)).to(device)
     load_params(net[1], params)
     return net
 
