@@ -6,6 +6,7 @@ Every setting is resolved here, once: the other modules read ``Settings``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,9 @@ DEFAULT_LIMIT_ROUNDS = 30
 QUICK_LIMIT_ROUNDS = 5
 DEFAULT_STARTUP_ROUNDS = 5
 DEFAULT_TARGET_ACCURACY = 0.82
-DEFAULT_WORKER_TIMEOUT = 900.0
+DEFAULT_WORKER_TIMEOUT = 300.0
+DEFAULT_EPOCH_TIMEOUT_FACTOR = 20.0
+DEFAULT_EPOCH_TIMEOUT_MIN = 30.0
 
 # Implementations left out of the sweeps by default, and why (--sweep-slow includes them).
 SWEEP_EXCLUDED = {
@@ -48,6 +51,8 @@ class Settings:
     sweep_slow: bool
     data_dir: str | None
     worker_timeout: float
+    epoch_timeout_factor: float = DEFAULT_EPOCH_TIMEOUT_FACTOR
+    epoch_timeout_min: float = DEFAULT_EPOCH_TIMEOUT_MIN
     startup: bool = True
     startup_rounds: int = 5
     batch_size: int = TrainConfig.batch_size
@@ -164,8 +169,24 @@ def add_options(parser: pytest.Parser) -> None:
         type=float,
         default=DEFAULT_WORKER_TIMEOUT,
         metavar="S",
-        help="seconds to wait for any one worker request before killing it "
-        f"(default {DEFAULT_WORKER_TIMEOUT:g})",
+        help="seconds a worker may take to start, import, build or run its warm-up epoch "
+        f"before it is killed (default {DEFAULT_WORKER_TIMEOUT:g})",
+    )
+    add(
+        "--epoch-timeout-factor",
+        type=float,
+        default=DEFAULT_EPOCH_TIMEOUT_FACTOR,
+        metavar="K",
+        help="after the warm-up, a request may take K times the slowest warm-up epoch "
+        f"(default {DEFAULT_EPOCH_TIMEOUT_FACTOR:g}) ...",
+    )
+    add(
+        "--epoch-timeout-min",
+        type=float,
+        default=DEFAULT_EPOCH_TIMEOUT_MIN,
+        metavar="S",
+        help=f"... and at least S seconds (default {DEFAULT_EPOCH_TIMEOUT_MIN:g}); an "
+        "implementation that hangs is killed and not tried again in the run",
     )
 
 
@@ -193,6 +214,10 @@ def resolve_settings(config: pytest.Config) -> Settings:
         startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
     elif startup_rounds < 1:
         raise pytest.UsageError(f"--startup-rounds must be positive, got {startup_rounds}")
+    for name in ("worker_timeout", "epoch_timeout_factor", "epoch_timeout_min"):
+        if not option(name) > 0:
+            flag = "--" + name.replace("_", "-")
+            raise pytest.UsageError(f"{flag} must be positive, got {option(name)}")
     target = option("target_accuracy")
     if not 0 < target <= 1:
         raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
@@ -209,8 +234,12 @@ def resolve_settings(config: pytest.Config) -> Settings:
         sweep_threads=_int_list(option("sweep_threads")),
         sweeps=not option("no_sweeps"),
         sweep_slow=option("sweep_slow"),
-        data_dir=option("data_dir"),
+        # Workers and commands run from the repository root: a relative path is made
+        # absolute here, against the directory the suite was started from.
+        data_dir=str(Path(option("data_dir")).resolve()) if option("data_dir") else None,
         worker_timeout=option("worker_timeout"),
+        epoch_timeout_factor=option("epoch_timeout_factor"),
+        epoch_timeout_min=option("epoch_timeout_min"),
         startup=not option("no_startup"),
         startup_rounds=startup_rounds,
     )

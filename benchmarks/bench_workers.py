@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from impls.results import EpochRecord
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 WORKER_SCRIPT = HERE / "bench_worker.py"
-DEFAULT_TIMEOUT = 900.0
+DEFAULT_TIMEOUT = 300.0  # any request before an epoch was measured (start, import, build)
 
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -39,6 +40,10 @@ THREAD_ENV_VARS = (
 
 class WorkerError(RuntimeError):
     """The worker reported an error or died; the message says which and why."""
+
+
+class WorkerBroken(WorkerError):
+    """The implementation hung earlier in this run: its later cases are not tried again."""
 
 
 class WorkerSkip(Exception):
@@ -71,6 +76,7 @@ class Worker:
         env: dict[str, str] | None = None,
     ) -> None:
         self.impl, self.device, self.threads, self.timeout = impl, device, threads, timeout
+        self.timed_out: str | None = None  # why the worker was killed for not answering
         env = dict(worker_env(threads), **(env or {}))
         env["PYTHONUNBUFFERED"] = "1"
         command = [sys.executable, str(WORKER_SCRIPT), "--impl", impl]
@@ -107,9 +113,9 @@ class Worker:
             line = self._replies.get(timeout=timeout)
         except queue.Empty:
             self.kill()
+            self.timed_out = f"no answer to {what} within {timeout:g} s"
             raise WorkerError(
-                f"{self.impl} worker: no answer to {what} within {timeout:g} s (killed)."
-                f"\n{self.stderr_tail()}"
+                f"{self.impl} worker: {self.timed_out} (killed).\n{self.stderr_tail()}"
             ) from None
         if line is None:
             code = self._process.wait()
@@ -192,12 +198,20 @@ def request_build(worker: Worker, config: dict) -> dict:
         raise
 
 
+def epoch_timeout(warmup_seconds: float, factor: float, minimum: float) -> float:
+    """How long a timed epoch's request may take: ``factor`` x the warm-up, at least ``minimum``."""
+    return max(minimum, factor * warmup_seconds)
+
+
 @dataclass
 class WorkerPool:
     """Keeps the most recent worker alive for reuse; starts a fresh one for another key.
 
     The tests are ordered so that every case of one (implementation, device,
-    threads) runs in a row: at most one worker exists at any time.
+    threads) runs in a row: at most one worker exists at any time. An
+    implementation whose worker had to be killed for not answering is marked
+    broken on that device: its later cases fail at once (:class:`WorkerBroken`)
+    instead of hanging again, each for the whole timeout.
     """
 
     data_dir: str | None
@@ -205,13 +219,18 @@ class WorkerPool:
     on_info: Callable[[str, dict], None] = lambda impl, info: None
     _key: tuple | None = None
     _worker: Worker | None = None
-    started: list[tuple] = field(default_factory=list)
+    broken: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, case) -> Worker:
         """The worker of ``case``'s implementation, device and threads (started if needed)."""
         key = (case.impl, case.device, case.threads)
         if self._worker is not None and (self._key != key or not self._worker.alive()):
             self.close()
+        why = self.broken.get((case.impl, case.device))
+        if why is not None:
+            raise WorkerBroken(
+                f"{case.impl} on {case.device} not tried again: it hung earlier in this run ({why})"
+            )
         if self._worker is None:
             reason = missing_reason(case.impl)
             if reason:
@@ -220,7 +239,6 @@ class WorkerPool:
                 case.impl, case.device, case.threads, data_dir=self.data_dir, timeout=self.timeout
             )
             self._key = key
-            self.started.append(key)
             try:
                 self._worker.request("load")
             except WorkerError:
@@ -245,8 +263,12 @@ class WorkerPool:
         return reply
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+        """Stop the current worker; remember its implementation as broken if it hung."""
+        worker = self._worker
+        if worker is not None:
+            if worker.timed_out:
+                self.broken[(worker.impl, worker.device)] = worker.timed_out
+            worker.close()
         self._worker, self._key = None, None
 
 
@@ -256,33 +278,43 @@ class EpochRequests:
 
     ``setup`` evaluates the epoch just trained (when ``evaluate_each_epoch``) and
     draws the next epoch's order; ``train`` is one ``train`` request. The records
-    themselves are the worker's (:class:`impls.training.EpochRunner`).
+    themselves are the worker's (:class:`impls.training.EpochRunner`). The
+    warm-up epochs may take as long as the worker's own timeout (start-up work,
+    lazy compilation); every later request is bounded by :func:`epoch_timeout`
+    of the slowest warm-up epoch, so a hang is caught in proportion to the epoch.
     """
 
     worker: Worker
     evaluate_each_epoch: bool = True
+    timeout_factor: float = 20.0
+    timeout_min: float = 30.0
     _unevaluated: bool = False
+    _timeout: float | None = None  # None until the warm-up has been measured
 
     def setup(self) -> None:
         if self._unevaluated and self.evaluate_each_epoch:
-            self.worker.request("evaluate")
+            self.worker.request("evaluate", timeout=self._timeout)
             self._unevaluated = False
-        self.worker.request("prepare")
+        self.worker.request("prepare", timeout=self._timeout)
 
     def train(self) -> None:
-        self.worker.request("train")
+        self.worker.request("train", timeout=self._timeout)
         self._unevaluated = True
 
     def warm_up(self, epochs: int) -> None:
-        """``epochs`` epochs outside pytest-benchmark's timing."""
+        """``epochs`` epochs outside pytest-benchmark's timing; they set the epoch timeout."""
+        slowest = 0.0
         for _ in range(epochs):
             self.setup()
+            start = time.perf_counter()
             self.train()
+            slowest = max(slowest, time.perf_counter() - start)
+        self._timeout = epoch_timeout(slowest, self.timeout_factor, self.timeout_min)
 
     def finish(self) -> list[EpochRecord]:
         """Evaluate the last epoch; return every epoch's record."""
         if self._unevaluated:
-            self.worker.request("evaluate")
+            self.worker.request("evaluate", timeout=self._timeout)
             self._unevaluated = False
-        history = self.worker.request("history")["history"]
+        history = self.worker.request("history", timeout=self._timeout)["history"]
         return [EpochRecord.from_dict(record, f"history[{i}]") for i, record in enumerate(history)]

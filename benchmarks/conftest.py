@@ -103,6 +103,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         tests[item.nodeid] = bench_cases.describe(item)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A benchmark whose test did not pass is not saved as a measurement.
+
+    pytest-benchmark marks a benchmark errored only for an ``Exception``: a
+    ``pytest.fail`` or ``pytest.skip`` inside a timed function leaves it a record
+    without rounds, on which its JSON writer crashes, losing every other result.
+    """
+    outcome = yield
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    if outcome.excinfo is not None and fixture is not None:
+        fixture.has_error = True
+
+
 def _reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, line, "Skipped: reason")

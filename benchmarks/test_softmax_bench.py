@@ -79,13 +79,25 @@ def _memory(worker: bench_workers.Worker) -> dict:
 
 
 def _measure(
-    benchmark, case: bench_cases.Case, workers, *, warmup: int, rounds: int, evaluate_each: bool
+    benchmark,
+    settings: Settings,
+    case: bench_cases.Case,
+    workers,
+    *,
+    warmup: int,
+    rounds: int,
+    evaluate_each: bool,
 ):
     """Build ``case``'s trainer, run ``warmup`` untimed epochs, then ``rounds`` timed ones."""
     benchmark.group = case.group
     build = _start(workers, case, epochs=warmup + rounds)
     worker = workers.get(case)
-    epochs = bench_workers.EpochRequests(worker, evaluate_each_epoch=evaluate_each)
+    epochs = bench_workers.EpochRequests(
+        worker,
+        evaluate_each_epoch=evaluate_each,
+        timeout_factor=settings.epoch_timeout_factor,
+        timeout_min=settings.epoch_timeout_min,
+    )
     epochs.warm_up(warmup)
     benchmark.pedantic(epochs.train, setup=epochs.setup, rounds=rounds, iterations=1)
     fields = {
@@ -110,7 +122,13 @@ def test_epoch(
 ) -> None:
     """Steady-state epoch time: epoch 1 is warm-up, epochs 2..E the timed rounds."""
     worker, fields = _measure(
-        benchmark, epoch_case, workers, warmup=1, rounds=settings.epochs - 1, evaluate_each=True
+        benchmark,
+        settings,
+        epoch_case,
+        workers,
+        warmup=1,
+        rounds=settings.epochs - 1,
+        evaluate_each=True,
     )
     predictions = worker.request("predict", count=bench_cases.PREDICTION_COUNT)["predictions"]
     result = TrainingResult(
@@ -128,6 +146,7 @@ def _sweep(benchmark, settings: Settings, workers: bench_workers.WorkerPool, cas
     """One sweep point: warm-up epochs, then timed epochs without evaluation in between."""
     _, fields = _measure(
         benchmark,
+        settings,
         case,
         workers,
         warmup=settings.sweep_warmup,

@@ -1,0 +1,196 @@
+"""The benchmark suite under injected faults: every other result is kept, nothing hangs long.
+
+Each test runs ``benchmarks/`` in a subprocess, as ``nox -s bench`` does, with
+one fault injected from outside the suite's code: a ``-p`` plugin that makes
+``fmbench train`` fail inside a timed round, a relative ``--data-dir`` given
+from another directory, or an implementation that hangs (registered by a
+``sitecustomize`` module on ``PYTHONPATH``, so the benchmark process and its
+workers all see it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+pytest.importorskip("psutil")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(tmp_path: Path, *args: str, cwd: Path = REPO, env=None, timeout: float = 240):
+    """``python -m pytest benchmarks ARGS`` in a subprocess: (result, JSON document or None)."""
+    run_json = tmp_path / "run.json"
+    command = [
+        sys.executable, "-m", "pytest", str(REPO / "benchmarks"), "-p", "no:cacheprovider",
+        "-q", f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    document = json.loads(run_json.read_text()) if run_json.is_file() else None
+    return result, document
+
+
+def outcomes(document: dict) -> dict[str, dict]:
+    """Each test of the run by the last part of its node id."""
+    return {test["nodeid"].split("::")[-1]: test for test in document["fmbench"]["tests"]}
+
+
+def measured(document: dict) -> set[str]:
+    return {bench["name"] for bench in document["benchmarks"]}
+
+
+def with_pythonpath(directory: Path, **extra: str) -> dict[str, str]:
+    paths = [str(directory), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)), **extra)
+
+
+FAILING_CLI = """
+import subprocess
+import sys
+import types
+
+
+def pytest_collection_finish(session):
+    module = sys.modules["test_startup_bench"]
+    real_run = subprocess.run
+
+    def run(command, **kwargs):
+        if "impls.cli" in command:
+            return subprocess.CompletedProcess(command, 3, "", "injected failure of fmbench")
+        return real_run(command, **kwargs)
+
+    module.subprocess = types.SimpleNamespace(run=run)
+"""
+
+
+def test_a_failing_timed_command_keeps_every_other_result(tmp_path, real_data) -> None:
+    """``fmbench train`` failing inside a timed round: listed as failed, nothing else lost."""
+    (tmp_path / "fmbench_failing_cli.py").write_text(FAILING_CLI)
+    result, document = run_bench(
+        tmp_path,
+        "--impl", "numpy", "--quick", "--no-sweeps", "-p", "fmbench_failing_cli",
+        "-k", "read_limit or test_epoch or cli_train",
+        env=with_pythonpath(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert document is not None, "the run wrote no JSON: every result was lost"
+    tests = outcomes(document)
+    assert tests["test_cli_train[numpy-cpu-cli-train]"]["outcome"] == "failed"
+    assert "injected failure of fmbench" in tests["test_cli_train[numpy-cpu-cli-train]"]["reason"]
+    assert {"test_read_limit", "test_epoch[numpy-cpu]"} <= measured(document)
+    assert "test_cli_train[numpy-cpu-cli-train]" not in measured(document)
+
+
+def test_a_relative_data_dir_from_another_directory(tmp_path, real_data) -> None:
+    """``--data-dir fashion-files`` given from elsewhere reaches the workers and the commands."""
+    data = tmp_path / "fashion-files"  # a name the repository root does not have
+    data.mkdir()
+    for source in real_data.sources:
+        (data / Path(source).name).symlink_to(source)
+    result, document = run_bench(
+        tmp_path, "--impl", "numpy", "--quick", "--no-sweeps", "--data-dir", data.name,
+        "-k", "test_epoch or cli_train", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {"test_epoch[numpy-cpu]", "test_cli_train[numpy-cpu-cli-train]"} <= measured(document)
+    assert document["fmbench"]["settings"]["data_dir"] == str(data.resolve())
+
+
+HANGING_IMPLEMENTATION = """
+import time
+
+import numpy as np
+
+from impls.protocol import EpochStats, Evaluation
+
+
+class HangingTrainer:
+    def __init__(self, params):
+        self.params, self.epochs = params, 0
+
+    def train_epoch(self, order):
+        self.epochs += 1
+        if self.epochs > 1:  # the warm-up epoch answers; the first timed one never does
+            time.sleep(3600)
+        return EpochStats(1.0, 0.5)
+
+    def evaluate(self):
+        return Evaluation(1.0, 0.5)
+
+    def predict(self, images):
+        return np.zeros(len(images), dtype=np.int64)
+
+    def parameters(self):
+        return self.params
+
+    def runtime_info(self):
+        return {"device": "cpu", "threads": 1}
+
+
+def make_trainer(data, params, config):
+    return HangingTrainer(params)
+
+
+def available_devices():
+    return ["cpu"]
+"""
+
+REGISTER_HANGING = """
+import os
+
+if os.environ.get("FMBENCH_TEST_HANGING"):
+    from impls import registry
+
+    registry.REGISTRY["hang"] = registry.Implementation(
+        "hang", "fmbench_hang", (), "numpy", "hangs in its first timed epoch"
+    )
+"""
+
+
+def _worker_processes(marker: str) -> list[str]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "bench_worker.py" in command and marker in command:
+            found.append(command)
+    return found
+
+
+def test_a_hung_implementation_fails_fast_and_is_not_tried_again(tmp_path, real_data) -> None:
+    """A hang costs one epoch timeout, not the worker timeout for every case of the run."""
+    (tmp_path / "fmbench_hang.py").write_text(textwrap.dedent(HANGING_IMPLEMENTATION))
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(REGISTER_HANGING))
+    start = time.monotonic()
+    result, document = run_bench(
+        tmp_path,
+        "--impl", "numpy", "--impl", "hang", "--quick", "--no-startup",
+        "--batch-sizes", "64,256", "--sweep-threads", "1,2",
+        "--epoch-timeout-min", "2", "--epoch-timeout-factor", "5",
+        env=with_pythonpath(tmp_path, FMBENCH_TEST_HANGING="1"),
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    tests = outcomes(document)
+    hang = {name: test for name, test in tests.items() if "[hang-" in name}
+    assert len(hang) == 5 and all(test["outcome"] == "failed" for test in hang.values())
+    assert "no answer to 'train' within 2 s" in hang["test_epoch[hang-cpu]"]["reason"]
+    later = [test for name, test in hang.items() if name != "test_epoch[hang-cpu]"]
+    assert all("not tried again: it hung earlier" in test["reason"] for test in later)
+    numpy = {name for name in tests if "[numpy-" in name}
+    assert len(numpy) == 5 and numpy <= measured(document)
+    # One 2 s epoch timeout in all, not one per case: well under the worker timeout.
+    assert elapsed < 120
+    assert _worker_processes("--impl hang") == [], "a hung worker was left running"
