@@ -19,6 +19,8 @@ IMAGE_SIZE = 28  # side of a Fashion-MNIST image: the header check holds files t
 NUM_CLASSES = 10  # labels are 0..9: the label check holds files to it
 
 _IDX_UBYTE = 0x08  # the IDX type byte of unsigned bytes, the only type these files use
+MAX_UNKNOWN_SIZE = 1 << 26  # cap on a file of unknown size: 64 MiB (largest real: 47 MB)
+_SIZE_SLACK = 4096  # over a known size: enough for parse_idx to name a few trailing bytes itself
 
 
 class DataError(Exception):
@@ -35,15 +37,26 @@ class ChecksumError(DataError):
 
 @dataclass(frozen=True)
 class IdxFile:
-    """One file of a dataset: its name, expected content hash and shape."""
+    """One file of a dataset: its name, expected content hash, shape and size."""
 
     name: str  # decompressed file name, e.g. "train-images-idx3-ubyte"
     sha256: str  # of the decompressed content
     kind: str  # "images" or "labels"
+    size: int | None = None  # bytes of the decompressed file, header included, if known
 
     @property
     def ndim(self) -> int:
         return 3 if self.kind == "images" else 1
+
+    @property
+    def max_bytes(self) -> int:
+        """The most decompressed bytes worth reading: the cap that stops a gzip bomb."""
+        return MAX_UNKNOWN_SIZE if self.size is None else self.size + _SIZE_SLACK
+
+    @property
+    def max_raw_bytes(self) -> int:
+        """The most bytes of a file or download worth reading, gzipped or not."""
+        return 2 * self.max_bytes  # gzip adds next to nothing, even to incompressible data
 
 
 def parse_idx(raw: bytes | bytearray | memoryview, spec: IdxFile, origin: str = "") -> np.ndarray:

@@ -9,17 +9,21 @@ local HTTP server on 127.0.0.1 (an ephemeral port): no test touches the network.
 from __future__ import annotations
 
 import collections
+import errno
 import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,9 +34,11 @@ import pytest
 from impls.data import FashionMNIST, load_fashion_mnist
 from impls.fetch import (
     FASHION_MNIST,
+    DataDirError,
     DatasetNotFoundError,
     DatasetSpec,
     download,
+    fetch,
 )
 from impls.idx import ChecksumError, CorruptFileError, DataError, IdxFile, encode_idx
 
@@ -69,8 +75,8 @@ class Tiny:
         self.contents = {name: encode_idx(array) for name, array in self.arrays.items()}
 
     def spec(self, mirrors: tuple[str, ...] = (), debian_dir: Path | None = None) -> DatasetSpec:
-        def idx(name: str, kind: str) -> IdxFile:
-            return IdxFile(name, _sha256(self.contents[name]), kind)
+        def idx(name: str, kind: str) -> IdxFile:  # sized: the caps stay small
+            return IdxFile(name, _sha256(self.contents[name]), kind, len(self.contents[name]))
 
         return DatasetSpec(
             name="tiny-fashion",
@@ -304,6 +310,24 @@ def test_truncated_gz_in_explicit_dir_raises(tiny, tmp_path):
     assert str(target) in str(caught.value)
 
 
+@pytest.mark.parametrize("layout", ["two-members", "zero-padded", "trailing-garbage"])
+def test_gz_members_and_padding_are_read_like_gzip_does(tiny, tmp_path, layout):
+    source = tiny.write(tmp_path / "mine", gz=True)
+    content = tiny.contents[NAMES[0]]
+    (source / f"{NAMES[0]}.gz").write_bytes(
+        {
+            "two-members": _gzip(content[:1000]) + _gzip(content[1000:]),
+            "zero-padded": _gzip(content) + bytes(512),
+            "trailing-garbage": _gzip(content) + b"junk",
+        }[layout]
+    )
+    if layout == "trailing-garbage":
+        with pytest.raises(CorruptFileError, match="truncated or corrupt gzip"):
+            _load(tiny.spec(), tmp_path / "cache", source, download=False)
+    else:
+        tiny.check(_load(tiny.spec(), tmp_path / "cache", source, download=False))
+
+
 def test_checksum_mismatch_in_explicit_dir_names_file_hashes_and_place(tiny, tmp_path):
     source = tiny.write(tmp_path / "mine")
     bad = _corrupt(tiny.contents[NAMES[2]])
@@ -431,16 +455,6 @@ def test_corrupt_file_in_explicit_dir_raises_rather_than_being_skipped(
         monkeypatch.setenv("FMBENCH_DATA_DIR", str(mine))
     with pytest.raises(ChecksumError, match=str(mine / NAMES[1])):
         _load(tiny.spec(), tmp_path / "cache", mine if how == "argument" else None)
-
-
-@pytest.mark.parametrize("how", ["argument", "env"])
-def test_missing_explicit_dir_is_a_clear_error(tiny, tmp_path, monkeypatch, how):
-    missing = tmp_path / "no-such-dir"
-    if how == "env":
-        monkeypatch.setenv("FMBENCH_DATA_DIR", str(missing))
-    label = "--data-dir" if how == "argument" else r"\$FMBENCH_DATA_DIR"
-    with pytest.raises(DataError, match=rf"{label} {missing} is not a readable directory"):
-        _load(tiny.spec(), tmp_path / "cache", missing if how == "argument" else None)
 
 
 def test_nothing_anywhere_without_download_lists_every_place(tiny, tmp_path, monkeypatch):
@@ -719,3 +733,287 @@ def test_two_processes_loading_into_empty_cache(tiny, tmp_path, server):
     assert _files_under(tmp_path / "cache") == sorted(f"tiny-fashion/{name}" for name in NAMES)
     for name in NAMES:
         assert (home / name).read_bytes() == tiny.contents[name]
+
+
+# ------------------------------------------ faults: a verified copy in hand is never lost
+
+
+def _cache_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The loader's warning lines (logger ``impls.fetch``), each checked to be one line."""
+    lines = [r.getMessage() for r in caplog.records if r.name == "impls.fetch"]
+    assert all("\n" not in line and line.startswith("fmbench: warning: ") for line in lines)
+    return lines
+
+
+def _raise(error: OSError):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+CACHE_FAULTS = ("cache-is-a-file", "env-names-a-file", "entry-is-a-dir", "no-permission")
+CACHE_FAULTS += ("disk-full", "read-only-fs")
+
+
+@pytest.mark.parametrize("source", ["gzipped-dir", "download"])
+@pytest.mark.parametrize("fault", CACHE_FAULTS)
+def test_unwritable_cache_costs_one_warning_not_the_load(
+    tiny, tmp_path, server, monkeypatch, caplog, fault, source
+):
+    """Root ignores permission bits: each fault is one that root meets too, or an injected one."""
+    caplog.set_level(logging.WARNING, logger="impls.fetch")
+    cache = tmp_path / "cache"
+    home = cache / "tiny-fashion"
+    expected_error = {
+        "cache-is-a-file": "Not a directory",
+        "env-names-a-file": "Not a directory",
+        "entry-is-a-dir": "Is a directory",
+        "no-permission": "Permission denied",
+        "disk-full": "No space left on device",
+        "read-only-fs": "Read-only file system",
+    }[fault]
+    if fault in ("cache-is-a-file", "env-names-a-file"):
+        cache.write_bytes(b"not a directory")
+    else:
+        (home / NAMES[0]).mkdir(parents=True)
+        (home / NAMES[0] / "stray").write_bytes(b"")
+    if fault == "env-names-a-file":
+        monkeypatch.setenv("FMBENCH_CACHE_DIR", str(cache))
+    for name, code, call in [
+        ("no-permission", errno.EACCES, (tempfile, "mkstemp")),
+        ("disk-full", errno.ENOSPC, (os, "fsync")),
+        ("read-only-fs", errno.EROFS, (os, "replace")),
+    ]:
+        if fault == name:
+            monkeypatch.setattr(*call, _raise(OSError(code, os.strerror(code))))
+    mirror = server.serve("m", tiny.contents)
+    mine = tiny.write(tmp_path / "mine", gz=True) if source == "gzipped-dir" else None
+    spec = tiny.spec(mirrors=(mirror,))
+    cache_dir = None if fault == "env-names-a-file" else cache
+    files = fetch(mine, cache_dir=cache_dir, spec=spec, timeout=TIMEOUT, retries=0)
+    for name in NAMES:
+        np.testing.assert_array_equal(files[name].array, tiny.arrays[name])
+        if source == "download":
+            assert files[name].origin == f"{mirror}{name}.gz"
+            assert files[name].path is None  # nothing local holds it
+        else:
+            assert files[name].path == mine / f"{name}.gz"
+    [line] = _cache_warnings(caplog)  # one line for the whole load, not one per file
+    assert f"cannot write {home / NAMES[0]}" in line
+    assert expected_error in line
+    assert "FMBENCH_CACHE_DIR" in line and f"make {home} a writable directory" in line
+    assert not [p for p in tmp_path.rglob("*.part")]  # no temporary file left behind
+
+
+_LOAD_WITH_WARNINGS = """
+import json, sys
+from impls.data import DatasetSpec, IdxFile, load_fashion_mnist
+args = json.loads(sys.argv[1])
+files = [IdxFile(name, sha, kind) for name, sha, kind in args["files"]]
+spec = DatasetSpec("tiny-fashion", *files, mirrors=(), debian_dir=None)
+loaded = load_fashion_mnist(args["dir"], spec=spec, download=False)
+print(loaded.num_train)
+"""
+
+
+def test_unwritable_cache_is_one_line_on_stderr_in_a_plain_process(tiny, tmp_path):
+    """No logging set up (as in ``fmbench data``): the warning is one bare line, no traceback."""
+    spec = tiny.spec()
+    (tmp_path / "cache").write_bytes(b"")
+    args = {"files": [(f.name, f.sha256, f.kind) for f in spec.files]}
+    args["dir"] = str(tiny.write(tmp_path / "mine", gz=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMBENCH_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITH_WARNINGS, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "FMBENCH_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "12\n"
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"fmbench: warning: cannot write {tmp_path / 'cache'}")
+
+
+@pytest.mark.parametrize("fault", ["missing", "a-file", "no-permission"])
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_explicit_dir_that_is_not_readable_is_a_data_dir_error(
+    tiny, tmp_path, monkeypatch, how, fault
+):
+    """``--data-dir`` and ``$FMBENCH_DATA_DIR`` fail alike: the CLI makes it a usage error."""
+    tiny.write(tmp_path / "cache" / "tiny-fashion")  # a good copy that must not hide the mistake
+    place = tmp_path / "mine"
+    if fault == "a-file":
+        place.write_bytes(b"")
+    elif fault == "no-permission":
+        tiny.write(place).chmod(0)
+        real_access = os.access
+        if os.geteuid() == 0:  # root reads it anyway: answer as the bits say for anyone else
+
+            def access(path, mode, **kwargs):
+                if Path(path) == place:
+                    return False
+                return real_access(path, mode, **kwargs)
+
+            monkeypatch.setattr(os, "access", access)
+    if how == "env":
+        monkeypatch.setenv("FMBENCH_DATA_DIR", str(place))
+    label = "--data-dir" if how == "argument" else r"\$FMBENCH_DATA_DIR"
+    try:
+        with pytest.raises(DataDirError, match=rf"^{label} {place} is not a readable directory$"):
+            _load(tiny.spec(), tmp_path / "cache", place if how == "argument" else None)
+    finally:
+        if place.is_dir():
+            place.chmod(0o755)
+    assert issubclass(DataDirError, DataError)
+
+
+def _gzip_bomb(size: int = 16 << 20) -> bytes:
+    """``size`` zero bytes, gzipped: about a thousandth of that on the wire."""
+    return _gzip(bytes(size), level=9)
+
+
+@pytest.mark.parametrize("poison", ["checksum", "truncated", "gzip-bomb"])
+def test_bad_cached_copy_is_deleted_with_one_warning_naming_it(tiny, tmp_path, caplog, poison):
+    caplog.set_level(logging.WARNING, logger="impls.fetch")
+    home = tiny.write(tmp_path / "cache" / "tiny-fashion")
+    bad = home / (f"{NAMES[0]}.gz" if poison == "gzip-bomb" else NAMES[0])
+    bad.write_bytes(
+        {
+            "checksum": _corrupt(tiny.contents[NAMES[0]]),
+            "truncated": tiny.contents[NAMES[0]][:-1],
+            "gzip-bomb": _gzip_bomb(),
+        }[poison]
+    )
+    if poison == "gzip-bomb":
+        (home / NAMES[0]).unlink()
+    debian = tiny.write(tmp_path / "debian", gz=True)
+    loaded = _load(tiny.spec(debian_dir=debian), tmp_path / "cache", download=False)
+    tiny.check(loaded)
+    assert loaded.sources[0] == str(debian / f"{NAMES[0]}.gz")
+    [line] = _cache_warnings(caplog)
+    assert line.startswith("fmbench: warning: deleted a bad cached copy: ")
+    assert str(bad) in line
+    why = {
+        "checksum": "SHA-256 of the decompressed content is",
+        "truncated": "truncated: 9407 bytes of data",
+        "gzip-bomb": "decompresses to over the 13,520-byte cap",
+    }[poison]
+    assert why in line
+    assert _files_under(home) == sorted(NAMES)  # the bad copy replaced by a verified one
+    assert (home / NAMES[0]).read_bytes() == tiny.contents[NAMES[0]]
+
+
+@pytest.mark.parametrize("fallback", [True, False], ids=["fallback", "no-fallback"])
+def test_bad_cached_copy_that_cannot_be_deleted_is_passed_over(
+    tiny, tmp_path, monkeypatch, caplog, fallback
+):
+    caplog.set_level(logging.WARNING, logger="impls.fetch")
+    home = tiny.write(tmp_path / "cache" / "tiny-fashion")
+    bad = home / NAMES[2]
+    bad.write_bytes(_corrupt(tiny.contents[NAMES[2]]))
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.parent == home:  # the cache refuses: a read-only directory
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    debian = tiny.write(tmp_path / "debian", gz=True) if fallback else None
+    if fallback:
+        loaded = _load(tiny.spec(debian_dir=debian), tmp_path / "cache", download=False)
+        tiny.check(loaded)
+        assert loaded.sources[2] == str(debian / f"{NAMES[2]}.gz")
+    else:
+        with pytest.raises(DatasetNotFoundError) as caught:
+            _load(tiny.spec(), tmp_path / "cache", download=False)
+        assert f"cache: bad copy left in place ([Errno {errno.EACCES}]" in str(caught.value)
+    [line] = _cache_warnings(caplog)
+    assert f"cannot delete a bad cached copy ([Errno {errno.EACCES}] Permission denied" in line
+    assert f"{NAMES[2]} from {bad}: SHA-256" in line
+    assert bad.read_bytes() == _corrupt(tiny.contents[NAMES[2]])  # still there, and said so
+
+
+@pytest.mark.parametrize("where", ["explicit-dir", "debian", "download"])
+def test_gzip_bomb_is_refused_at_the_cap_without_filling_memory(tiny, tmp_path, server, where):
+    bomb = _gzip_bomb()
+    spec = tiny.spec()
+    cap = spec.train_images.max_bytes
+    assert cap == len(tiny.contents[NAMES[0]]) + 4096 == 13_520
+    mine = debian = None
+    mirrors: tuple[str, ...] = ()
+    if where == "download":
+        mirrors = (server.serve("m", tiny.contents),)
+        server.files[f"/m/{NAMES[0]}.gz"] = bomb
+        culprit = f"{mirrors[0]}{NAMES[0]}.gz"
+    else:
+        directory = tiny.write(tmp_path / where, gz=True)
+        (directory / f"{NAMES[0]}.gz").write_bytes(bomb)
+        mine, debian = (directory, None) if where == "explicit-dir" else (None, directory)
+        culprit = str(directory / f"{NAMES[0]}.gz")
+    import pooch  # noqa: F401  (imported before measuring: its import is not the load's memory)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as caught:
+            _load(tiny.spec(mirrors=mirrors, debian_dir=debian), tmp_path / "cache", mine)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert type(caught.value) is (
+        CorruptFileError if where == "explicit-dir" else DatasetNotFoundError
+    )
+    assert f"{culprit}: decompresses to over the 13,520-byte cap for {NAMES[0]}" in str(
+        caught.value
+    )
+    assert peak < 4 << 20  # the bomb holds 16 MiB: it was never inflated
+
+
+def test_oversized_download_is_cut_off_at_the_cap_and_not_retried(tiny, tmp_path, server):
+    huge, good = server.url("huge"), server.serve("good", tiny.contents)
+    path = f"/huge/{NAMES[0]}.gz"
+    server.files[path] = b"\x1f\x8b" + bytes(4 << 20)  # 4 MiB, of which the cap reads ~27 KiB
+    spec = tiny.spec(mirrors=(huge, good))
+    cap = spec.train_images.max_raw_bytes
+    assert cap == 2 * 13_520
+    loaded = _load(spec, tmp_path / "cache", retries=2)
+    tiny.check(loaded)
+    assert loaded.sources[0] == f"{good}{NAMES[0]}.gz"
+    assert server.count(path) == 1  # a body over the cap is not asked for again
+    with pytest.raises(DatasetNotFoundError) as caught:
+        _load(tiny.spec(mirrors=(huge,)), tmp_path / "cache2", retries=2)
+    assert f"download {huge}{NAMES[0]}.gz: the body passed the {cap:,}-byte cap; refused" in str(
+        caught.value
+    )
+
+
+def test_oversized_local_file_is_refused_unread(tiny, tmp_path):
+    mine = tiny.write(tmp_path / "mine")
+    (mine / NAMES[1]).write_bytes(tiny.contents[NAMES[1]] + bytes(1 << 20))
+    cap = tiny.spec().train_labels.max_raw_bytes
+    with pytest.raises(CorruptFileError) as caught:
+        _load(tiny.spec(), tmp_path / "cache", mine)
+    message = str(caught.value)
+    assert f"{mine / NAMES[1]}: {len(tiny.contents[NAMES[1]]) + (1 << 20):,} bytes" in message
+    assert f"over the {cap:,}-byte cap for {NAMES[1]}; not read" in message
+
+
+def test_fashion_mnist_sizes_are_what_the_idx_headers_declare():
+    examples = {"train": 60_000, "t10k": 10_000}
+    for spec in FASHION_MNIST.files:
+        n = examples[spec.name.split("-")[0]]
+        header = 4 + 4 * spec.ndim
+        assert spec.size == header + n * (28 * 28 if spec.kind == "images" else 1)
+    assert [f.size for f in FASHION_MNIST.files] == [47_040_016, 60_008, 7_840_016, 10_008]
+
+
+def test_mirrors_try_https_before_plain_http():
+    schemes = [mirror.split("://")[0] for mirror in FASHION_MNIST.mirrors]
+    assert schemes == sorted(schemes, key=lambda scheme: scheme != "https")
+    assert schemes[0] == "https"
+    assert "http" in schemes  # the plain-http mirror stays as a fallback

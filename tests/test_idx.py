@@ -5,6 +5,7 @@ Pure content: bytes in, arrays or a :class:`~impls.idx.DataError` out; no files,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import subprocess
 import sys
@@ -14,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from impls.idx import ChecksumError, CorruptFileError, IdxFile, encode_idx, parse_idx, verify
+from impls.idx import (
+    MAX_UNKNOWN_SIZE,
+    ChecksumError,
+    CorruptFileError,
+    IdxFile,
+    encode_idx,
+    parse_idx,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,6 +121,16 @@ def test_verify_checksum_error_names_file_origin_and_both_hashes():
     assert "http://mirror/x.gz" in message
     assert f"is {_sha256(other)}" in message
     assert f"expected {spec.sha256}" in message
+
+
+def test_caps_follow_the_expected_size():
+    sized = IdxFile(IMAGES.name, IMAGES.sha256, "images", len(GOOD_IMAGES))
+    assert sized.max_bytes == len(GOOD_IMAGES) + 4096  # parse_idx still names small excesses
+    assert sized.max_raw_bytes == 2 * sized.max_bytes  # room for gzip of incompressible data
+    noise = np.random.default_rng(0).bytes(sized.max_bytes)  # gzip's worst case: no redundancy
+    assert len(gzip.compress(noise)) < sized.max_raw_bytes
+    assert IMAGES.size is None
+    assert IMAGES.max_bytes == MAX_UNKNOWN_SIZE == 1 << 26  # above the largest real file, 47 MB
 
 
 def test_checks_hold_under_python_dash_o():
