@@ -5,8 +5,12 @@
     fmbench data [--data-dir DIR] [--no-download]
     fmbench report FILES... (see ``impls.report``)
 
-Bad arguments exit with status 2 and one line on stderr; other failures
-(dataset, framework, divergence) exit with status 1 and one line.
+Bad arguments exit with status 2 and one line on stderr, before any data is
+loaded (``--out`` included: it must be a folder we can write into); other
+failures (dataset, framework, divergence, memory, a write after training) exit
+with status 1 and one line. The history of a finished run is never lost: when
+``--out`` cannot take it after all, it goes to the system's temporary folder,
+or to stdout, and the line says where.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from impls import registry
-from impls.config import ConfigError, TrainConfig
-from impls.data import DataError, fetch, load_fashion_mnist
+from impls.config import ConfigError, TrainConfig, usable_cores
+from impls.data import DataDirError, DataError, fetch, load_fashion_mnist
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -29,6 +34,10 @@ RUN_ERROR = 1
 
 class UsageError(Exception):
     """A command-line argument is wrong (exit status 2)."""
+
+
+class RunFailure(RuntimeError):
+    """The run failed, said in one line (exit status 1)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,20 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_data_dir(data_dir: Path | None) -> None:
-    if data_dir is not None and not (data_dir.is_dir() and os.access(data_dir, os.R_OK | os.X_OK)):
-        raise UsageError(f"--data-dir {data_dir} is not a readable directory")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Train, print one line per epoch, write the figures and the history."""
-    from impls.figures import plot_predictions, plot_training_curves
-
-    implementation = registry.get(args.impl)
-    implementation.load()  # fail early, before loading data, if the framework is missing
-    _check_data_dir(args.data_dir)
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the arguments, or a UsageError."""
+    cores = usable_cores()
+    if args.threads is not None and args.threads > cores:
+        # Not a TrainConfig rule: configs are built for other machines too (the bench's sweep).
+        raise UsageError(f"--threads {args.threads} is more than the {cores} usable cores here")
     try:
-        config = TrainConfig(
+        return TrainConfig(
             lr=args.lr,
             batch_size=args.batch_size,
             epochs=args.epochs,
@@ -117,8 +120,91 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    data = load_fashion_mnist(args.data_dir)
+
+
+def _prepare_out(out: Path) -> list[Path]:
+    """Make ``out`` a folder we can write into, or a UsageError; return the folders made."""
+    made: list[Path] = []
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a directory")
+        made = [folder for folder in (out, *out.parents) if not folder.exists()]
+        out.mkdir(parents=True, exist_ok=True)
+        # Write a file, rather than ask os.access: root passes access checks of
+        # read-only folders, and the rules of network filesystems are their own.
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        _remove_empty(made)
+        reason = error.strerror or error
+        raise UsageError(f"--out {out} is not a directory we can write into ({reason})") from None
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _rescue(text: str) -> str:
+    """Save ``text``, the history, where it still fits: the temporary folder, else stdout."""
+    try:
+        handle, name = tempfile.mkstemp(prefix="fmbench-history-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(text)
+        except OSError:
+            Path(name).unlink(missing_ok=True)
+            raise
+    except OSError:
+        print(text)
+        return "the history is printed on stdout instead"
+    return f"the history is saved in {name} instead"
+
+
+def _write_outputs(history, trainer, data, out: Path) -> None:
+    """history.json first (the results), then the figures; each file whole or not at all."""
+    from impls.figures import plot_predictions, plot_training_curves, write_atomically
+
+    text = json.dumps(history.as_dict(), indent=2)
+    path = out / "history.json"
+    try:
+        write_atomically(path, lambda file: file.write(text.encode()))
+    except OSError as error:
+        reason = error.strerror or error
+        raise RunFailure(f"could not write {path} ({reason}); {_rescue(text)}") from None
+    predictions = trainer.predict(data.test_images[:18])
+    try:
+        curves = plot_training_curves(history, out / "curves.png")
+        grid = plot_predictions(
+            data.test_images, data.test_labels, predictions, out / "predictions.png"
+        )
+    except (OSError, ImportError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise RunFailure(f"history saved in {path}, but not the figures ({reason})") from None
+    print(f"wrote {path}, {curves} and {grid}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print one line per epoch, write the history and the figures."""
+    implementation = registry.get(args.impl)
+    implementation.load()  # fail early, before loading data, if the framework is missing
+    config = _train_config(args)
     out = args.out or Path("runs") / args.impl
+    made = _prepare_out(out)
+    try:
+        return _train_and_write(args, config, out)
+    except BaseException:
+        _remove_empty(made)  # a failed run leaves no empty folder behind
+        raise
+
+
+def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -> int:
+    data = load_fashion_mnist(args.data_dir)
 
     from tqdm import tqdm
 
@@ -143,23 +229,21 @@ def run_train(args: argparse.Namespace) -> int:
         history, trainer = registry.train(args.impl, data, config, callbacks=[report_epoch])
     except ValueError as error:  # e.g. a device that is not present
         raise UsageError(str(error)) from None
+    except MemoryError:
+        raise RunFailure(
+            f"out of memory training {args.impl} with batch size {config.batch_size}: "
+            "reduce --batch-size (or free memory)"
+        ) from None
     finally:
         bar.close()
     median = statistics.median(history.column("train_seconds"))
     config = history.config  # resolved: the threads actually asked for
     print(
-        f"{implementation.name}: final test accuracy {history.final.test_accuracy:.4f} after "
-        f"{config.epochs} epochs; median epoch {median:.3f} s on {config.device} "
+        f"{args.impl}: final test accuracy {history.final.test_accuracy:.4f} "
+        f"after {config.epochs} epochs; median epoch {median:.3f} s on {config.device} "
         f"with {config.threads} thread{'s' if config.threads != 1 else ''}"
     )
-    count = 18
-    predictions = trainer.predict(data.test_images[:count])
-    curves = plot_training_curves(history, out / "curves.png")
-    grid = plot_predictions(
-        data.test_images, data.test_labels, predictions, out / "predictions.png"
-    )
-    (out / "history.json").write_text(json.dumps(history.as_dict(), indent=2))
-    print(f"wrote {curves}, {grid} and {out / 'history.json'}")
+    _write_outputs(history, trainer, data, out)
     return 0
 
 
@@ -181,7 +265,6 @@ def run_list(_: argparse.Namespace) -> int:
 
 def run_data(args: argparse.Namespace) -> int:
     """Fetch and verify the four files; print where each came from."""
-    _check_data_dir(args.data_dir)
     files = fetch(args.data_dir, download=not args.no_download)
     for fetched in files.values():
         print(
@@ -212,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # inside the try: a broken pipe shows up here, not at exit
         return status
-    except (UsageError, registry.UnknownImplementationError) as error:
+    except (UsageError, DataDirError, registry.UnknownImplementationError) as error:
         print(f"fmbench: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (DataError, registry.MissingFrameworkError, RuntimeError, ImportError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -41,14 +42,15 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        # math.isfinite as well: lr or init_std of inf would run an epoch of NaNs.
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        if not self.init_std >= 0:
-            raise ConfigError(f"init std must be non-negative, got {self.init_std}")
+        if not (self.init_std >= 0 and math.isfinite(self.init_std)):
+            raise ConfigError(f"init std must be a non-negative finite number, got {self.init_std}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be positive, got {self.threads}")
         if self.seed < 0:

@@ -115,15 +115,20 @@ class D2LReferenceTrainer:
         self._threads = apply_threads(config.threads)
         train_set, test_set = load_datasets(data)
         self._num_workers, self._workers_note = usable_workers(train_set, num_workers)
+        # Capped at the set's size, the same batches: some torch versions' BatchSampler
+        # allocates a list of batch_size entries up front.
         self._train_iter = DataLoader(
             train_set,
-            batch_size=config.batch_size,
+            batch_size=min(config.batch_size, len(train_set)),
             shuffle=True,
             num_workers=self._num_workers,
             generator=torch.Generator().manual_seed(config.seed),
         )
         self._test_iter = DataLoader(
-            test_set, batch_size=config.batch_size, shuffle=False, num_workers=self._num_workers
+            test_set,
+            batch_size=min(config.batch_size, len(test_set)),
+            shuffle=False,
+            num_workers=self._num_workers,
         )
         self._net = build_net(params, self._device)
         # The book's loss keeps per-example values: their mean drives SGD, their sum the stats.

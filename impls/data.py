@@ -22,6 +22,7 @@ from impls.fetch import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
     FASHION_MNIST,
+    DataDirError,
     DatasetNotFoundError,
     DatasetSpec,
     DownloadError,
@@ -51,6 +52,7 @@ __all__ = [
     "NUM_INPUTS",
     "ChecksumError",
     "CorruptFileError",
+    "DataDirError",
     "DataError",
     "DatasetNotFoundError",
     "DatasetSpec",
@@ -226,7 +228,11 @@ class MinibatchOrder:
 
 
 def check_order(order: np.ndarray, num_examples: int) -> np.ndarray:
-    """``order`` as a 1-D integer array of indices below ``num_examples``, or a ValueError."""
+    """``order`` as a 1-D integer array of distinct indices below ``num_examples``, or a ValueError.
+
+    A permutation, or a part of one (tests train on a subset): no index twice.
+    Runs inside every timed epoch, so each check is one O(n) pass (no sort).
+    """
     order = np.asarray(order)
     if order.ndim != 1 or len(order) == 0:
         raise ValueError(
@@ -239,6 +245,15 @@ def check_order(order: np.ndarray, num_examples: int) -> np.ndarray:
         raise ValueError(
             f"an epoch's order holds indices outside 0..{num_examples - 1} "
             f"(from {order.min()} to {order.max()})"
+        )
+    seen = np.zeros(num_examples, dtype=bool)
+    seen[order] = True
+    if np.count_nonzero(seen) < len(order):
+        counts = np.bincount(order.astype(np.intp), minlength=num_examples)
+        first = int(np.flatnonzero(counts > 1)[0])
+        raise ValueError(
+            f"an epoch's order repeats example indices (index {first} appears "
+            f"{counts[first]} times): it must be a permutation, or part of one"
         )
     return order
 

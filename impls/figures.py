@@ -1,14 +1,18 @@
 """The seed's two pictures: training curves (``Animator``) and predictions (``predict_ch3``).
 
 matplotlib is imported inside the functions (Agg backend, no screen needed): it
-is an optional dependency (``fmbench[cli]``).
+is an optional dependency (``fmbench[cli]``). Every file is written atomically
+(:func:`write_atomically`), by ``fmbench train`` and by the report alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -79,9 +83,33 @@ def plot_predictions(
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG (creating folders) and close it."""
+    """Write ``fig`` to ``path`` as a PNG (creating folders, atomically) and close it."""
+    try:
+        return write_atomically(path, lambda file: fig.savefig(file, format="png", dpi=110))
+    finally:
+        pyplot().close(fig)
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Create ``path`` (and its folders) with ``write(file)``, all or nothing.
+
+    ``write`` fills a new temporary file beside ``path``, which then replaces
+    ``path`` in one rename (``os.replace``). A failure on the way, a full disk
+    say, leaves ``path`` as it was and no temporary file behind; a reader never
+    sees half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # "x": a file of our own, never one already there; its mode follows the umask.
+        with open(temporary, "xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # the data on disk before the name points at it
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     return path

@@ -130,7 +130,8 @@ class NumpyTrainer:
         # uint8 kept as is: train_step converts each batch.
         self._train_pixels = np.ascontiguousarray(data.train_images.reshape(data.num_train, -1))
         self._train_y = data.train_labels
-        self._work = Workspace(config.batch_size)
+        # No batch is larger than the training set, whatever the batch size asks for.
+        self._work = Workspace(min(config.batch_size, data.num_train))
         self._test_x = to_float32(data.test_images).reshape(data.num_test, -1)
         self._test_y = data.test_labels
         # Copies: train_step updates them in place.
@@ -172,7 +173,7 @@ class NumpyTrainer:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         with self._limit_threads():
-            logits = forward(self._params, to_float32(images).reshape(len(images), -1))
+            logits = forward(self._params, to_float32(images).reshape(len(images), NUM_INPUTS))
         return logits.argmax(axis=1).astype(np.int64)
 
     def parameters(self) -> Params:

@@ -66,7 +66,8 @@ def synchronize(device: torch.device) -> None:
 
 def flat_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images (N, 28, 28) as a float32 (N, 784) tensor on ``device``, ToTensor-scaled."""
-    return torch.from_numpy(to_float32(images).reshape(len(images), -1)).to(device)
+    # NUM_INPUTS, not -1: the shape of no images, (0, 784), is then known too.
+    return torch.from_numpy(to_float32(images).reshape(len(images), NUM_INPUTS)).to(device)
 
 
 def runtime_info(device: torch.device, threads: int) -> dict[str, object]:

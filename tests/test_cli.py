@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from impls import registry
+from impls import cli, registry
 from impls.cli import main
+from impls.config import usable_cores
 
 
 @pytest.mark.parametrize(
@@ -20,6 +27,7 @@ from impls.cli import main
         (["train", "numpy", "--epochs", "0"], "--epochs: must be positive"),
         (["train", "numpy", "--lr", "-0.1"], "--lr: must be positive"),
         (["train", "numpy", "--lr", "abc"], "not a number"),
+        (["train", "numpy", "--lr", "inf"], "lr must be a positive finite number, got inf"),
         (["train", "numpy", "--batch-size", "0"], "--batch-size: must be positive"),
         (["train", "numpy", "--data-dir", "/no/such/dir"], "not a readable directory"),
         (["train", "numpy", "--device", "quantum"], "quantum"),
@@ -31,6 +39,7 @@ from impls.cli import main
         "epochs-0",
         "negative-lr",
         "lr-text",
+        "infinite-lr",
         "batch-0",
         "bad-data-dir",
         "bad-device",
@@ -38,11 +47,193 @@ from impls.cli import main
         "no-command",
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, real_data):
+def test_bad_arguments_exit_2_with_one_line(
+    argv, message, capsys, real_data, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # where the default --out, runs/IMPL, would go
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "a refused run left a folder behind"
+
+
+@pytest.mark.parametrize("command", [["data", "--no-download"], ["train", "numpy", "--quiet"]])
+def test_unusable_data_dir_variable_is_a_usage_error(command, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FMBENCH_DATA_DIR", str(tmp_path / "missing"))
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"$FMBENCH_DATA_DIR {tmp_path / 'missing'} is not a readable directory" in err
+    assert err.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fails the test if the command gets as far as loading the dataset."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", refuse)
+
+
+@pytest.fixture
+def tiny_run(monkeypatch, tiny_data):
+    """``fmbench train`` on the small synthetic dataset: a run takes well under a second."""
+    monkeypatch.setattr(cli, "load_fashion_mnist", lambda *args, **kwargs: tiny_data)
+
+
+def test_more_threads_than_cores_is_refused_before_loading(no_data, capsys, tmp_path):
+    cores = usable_cores()
+    assert main(["train", "numpy", "--threads", str(cores + 1), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--threads {cores + 1} is more than the {cores} usable cores" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_out_that_cannot_be_a_folder_is_refused_before_loading(where, no_data, capsys, tmp_path):
+    # A path under a regular file fails even for root, unlike a read-only folder.
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    out = taken if where == "file" else taken / "run"
+    assert main(["train", "numpy", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fmbench: error: --out {out} ") and err.count("\n") == 1
+    assert taken.read_text() == "someone's file"
+
+
+class _FullDiskFile:
+    """A file opened for writing on a full disk: opening worked, every write fails."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._file.close()
+
+
+def disk_fills_after_training(monkeypatch, full: Callable[[Path], bool]) -> None:
+    """Once training is over, writes to files for which ``full(path)`` holds fail (ENOSPC)."""
+    real_open, real_train = builtins.open, registry.train
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writing = any(flag in mode for flag in "wax+")
+        if writing and isinstance(file, (str, os.PathLike)) and full(Path(file).resolve()):
+            return _FullDiskFile(handle)
+        return handle
+
+    def train_then_fill(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        monkeypatch.setattr(builtins, "open", open_on_full_disk)  # matplotlib, PIL
+        monkeypatch.setattr(io, "open", open_on_full_disk)  # pathlib
+        return result
+
+    monkeypatch.setattr(registry, "train", train_then_fill)
+
+
+def test_full_disk_after_training_keeps_the_history(tiny_run, monkeypatch, capsys, tmp_path):
+    out, spare = tmp_path / "run", tmp_path / "spare"
+    out.mkdir()
+    spare.mkdir()
+    (out / "history.json").write_text("the previous run's history")
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))  # the system's temporary folder
+    disk_fills_after_training(monkeypatch, lambda path: path.is_relative_to(out.resolve()))
+
+    assert main(["train", "numpy", "--epochs", "2", "--out", str(out), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "final test accuracy" in captured.out
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"could not write {out / 'history.json'} (No space left on device)" in err
+    (rescued,) = spare.glob("fmbench-history-*.json")
+    assert f"the history is saved in {rescued} instead" in err
+    assert len(json.loads(rescued.read_text())["records"]) == 2
+    # Written whole or not at all: the old file untouched, no temporary file left.
+    assert (out / "history.json").read_text() == "the previous run's history"
+    assert sorted(path.name for path in out.iterdir()) == ["history.json"]
+
+
+def test_history_goes_to_stdout_when_no_folder_takes_it(tiny_run, monkeypatch, capsys, tmp_path):
+    out, taken = tmp_path / "run", tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setattr(tempfile, "tempdir", str(taken / "tmp"))  # unusable as well
+    disk_fills_after_training(monkeypatch, lambda path: path.is_relative_to(out.resolve()))
+
+    assert main(["train", "numpy", "--epochs", "2", "--out", str(out), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "the history is printed on stdout instead" in captured.err
+    assert captured.err.count("\n") == 1
+    history = json.loads(captured.out[captured.out.index("\n{") :])
+    assert len(history["records"]) == 2
+    assert not out.exists()  # the folder this run made, left empty, is gone
+
+
+def test_figures_that_do_not_fit_leave_the_history_whole(tiny_run, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "run"
+    disk_fills_after_training(monkeypatch, lambda path: ".png" in path.name)
+
+    assert main(["train", "numpy", "--epochs", "2", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"history saved in {out / 'history.json'}, but not the figures" in err
+    assert len(json.loads((out / "history.json").read_text())["records"]) == 2
+    assert sorted(path.name for path in out.iterdir()) == ["history.json"]
+
+
+def test_save_figure_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    from matplotlib import cbook
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from impls.figures import pyplot, save_figure
+
+    plt = pyplot()
+    path = save_figure(plt.figure(), tmp_path / "curves.png")
+    before = path.read_bytes()
+
+    def disk_full_halfway(self, filename_or_obj, *args, **kwargs):
+        with cbook.open_file_cm(filename_or_obj, "wb") as file:
+            file.write(before[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", disk_full_halfway)
+    figure = plt.figure()
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(figure, path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]
+    assert not plt.fignum_exists(figure.number)  # closed all the same
+
+
+def test_out_of_memory_is_one_line_naming_the_batch_size(tiny_run, monkeypatch, capsys, tmp_path):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(registry, "train", exhausted)
+    out = tmp_path / "run"
+    assert main(["train", "numpy", "--batch-size", "4096", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory training numpy with batch size 4096: reduce --batch-size" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_batch_size_beyond_the_data_is_one_batch_per_epoch(tiny_run, capsys, tmp_path):
+    argv = ["train", "numpy", "--batch-size", str(10**12), "--epochs", "1", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["config"]["batch_size"] == 10**12 and len(history["records"]) == 1
 
 
 def test_train_numpy_prints_epochs_and_writes_figures(tmp_path, capsys, real_data):

@@ -181,6 +181,7 @@ def test_absent_device_is_a_clear_error(impl, default_config, tiny_data):
         ("negative", r"indices outside 0\.\.\d+"),
         ("float", "integer indices"),
         ("empty", "non-empty 1-D"),
+        ("repeated", r"repeats example indices \(index 0 appears \d+ times\)"),
     ],
 )
 def test_bad_order_is_a_clear_error(impl, order, message, tiny_data, default_config):
@@ -192,11 +193,31 @@ def test_bad_order_is_a_clear_error(impl, order, message, tiny_data, default_con
         "negative": np.array([0, -1, 2]),
         "float": np.arange(n, dtype=np.float64),
         "empty": np.array([], dtype=np.int64),
+        "repeated": np.zeros(n, dtype=np.int64),
     }[order]
     with pytest.raises(ValueError, match=message):
         trainer.train_epoch(bad)
     params = trainer.parameters()  # nothing was trained
     np.testing.assert_array_equal(params.weights, init_params(default_config).weights)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_predict_on_no_images_is_an_empty_int64_array(impl, tiny_data, default_config):
+    predicted = build(impl, tiny_data, default_config).predict(np.zeros((0, 28, 28), np.uint8))
+    assert predicted.dtype == np.int64 and predicted.shape == (0,)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_batch_larger_than_the_training_set_is_one_batch(impl, tiny_data, default_config):
+    """A batch size beyond the data is one batch per epoch, with buffers sized by the data."""
+    huge = default_config.replace(batch_size=10**9)  # terabytes of buffers, if sized by it
+    order = MinibatchOrder(tiny_data.num_train, huge.seed).epoch(0)
+    trainer = build(impl, tiny_data, huge)
+    stats = trainer.train_epoch(order)
+    # One step on the whole set: the same for every order (d2l-reference shuffles its own).
+    reference = build(REGISTRY[REFERENCE], tiny_data, huge.replace(batch_size=tiny_data.num_train))
+    assert_stats_close(stats, reference.train_epoch(order), tiny_data.num_train)
+    assert_params_close(trainer.parameters(), reference.parameters())
 
 
 @pytest.mark.parametrize("impl", ALL)

@@ -265,3 +265,12 @@ def test_check_order_accepts_a_permutation_and_refuses_the_rest():
     ):
         with pytest.raises(ValueError, match=message):
             check_order(bad, 100)
+
+
+def test_check_order_refuses_a_repeated_index_and_allows_part_of_a_permutation():
+    with pytest.raises(ValueError, match=r"repeats example indices \(index 0 appears 60000 times"):
+        check_order(np.zeros(60000, dtype=np.int64), 60000)
+    with pytest.raises(ValueError, match=r"index 7 appears 2 times"):
+        check_order(np.array([9, 7, 5, 7], dtype=np.uint16), 10)
+    part = np.array([5, 3, 8, 0])  # tests train on part of the set: no repeat, no error
+    np.testing.assert_array_equal(check_order(part, 10), part)

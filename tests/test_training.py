@@ -26,6 +26,10 @@ from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, ini
         ("threads", 0),
         ("seed", -1),
         ("lr", math.nan),
+        ("lr", math.inf),
+        ("init_std", math.inf),
+        ("init_std", math.nan),
+        ("init_std", -0.1),
     ],
     ids=lambda v: str(v),
 )
