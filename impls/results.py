@@ -76,7 +76,10 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ResultError(f"{where} is {type(value).__name__}, not an object")
-        return value
+        *_, item = typing.get_args(annotation) or (None,)  # dict[str, X]: each value checked
+        if item is None:
+            return value
+        return {key: _check(v, item, f"{where}[{key!r}]") for key, v in value.items()}
     if annotation is Any:
         return value
     if annotation is float:
@@ -119,7 +122,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     return instance
 
 
-class _Stored:
+class Stored:
     """Mixin: ``as_dict`` for storing, ``from_dict`` for reading back with every field checked."""
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,12 +136,12 @@ class _Stored:
         """Checks across fields (ranges), beyond each field's type."""
 
 
-def _check_fraction(value: float | None, where: str) -> None:
+def check_fraction(value: float | None, where: str) -> None:
     if value is not None and not 0 <= value <= 1:
         raise ResultError(f"{where} is {value!r}, not in [0, 1]")
 
 
-def _check_positive(value: float | None, where: str) -> None:
+def check_positive(value: float | None, where: str) -> None:
     if value is not None and not value > 0:
         raise ResultError(f"{where} is {value!r}, not positive")
 
@@ -147,7 +150,7 @@ def _check_positive(value: float | None, where: str) -> None:
 
 
 @dataclass(frozen=True)
-class EpochRecord(_Stored):
+class EpochRecord(Stored):
     """One epoch of training (counted from 1); test figures are None when not evaluated."""
 
     epoch: int
@@ -159,8 +162,8 @@ class EpochRecord(_Stored):
     eval_seconds: float | None
 
     def validate(self, where: str) -> None:
-        _check_fraction(self.train_accuracy, f"{where}.train_accuracy")
-        _check_fraction(self.test_accuracy, f"{where}.test_accuracy")
+        check_fraction(self.train_accuracy, f"{where}.train_accuracy")
+        check_fraction(self.test_accuracy, f"{where}.test_accuracy")
         if self.train_seconds < 0:
             raise ResultError(f"{where}.train_seconds is {self.train_seconds}, negative")
 
@@ -188,7 +191,7 @@ def final_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
 
 
 @dataclass(frozen=True)
-class TrainingResult(_Stored):
+class TrainingResult(Stored):
     """An implementation trained in a worker: the main epoch run or one sweep point.
 
     ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
@@ -218,8 +221,8 @@ class TrainingResult(_Stored):
             raise ResultError(f"{where}.history is empty")
         if final_test_accuracy(self.history) is None:
             raise ResultError(f"{where}.history has no evaluated epoch")
-        _check_positive(self.num_train, f"{where}.num_train")
-        _check_fraction(self.target_accuracy, f"{where}.target_accuracy")
+        check_positive(self.num_train, f"{where}.num_train")
+        check_fraction(self.target_accuracy, f"{where}.target_accuracy")
         if self.predictions is not None and any(not 0 <= p < 10 for p in self.predictions):
             raise ResultError(f"{where}.predictions holds a label outside 0..9")
 
@@ -245,7 +248,7 @@ class TrainingResult(_Stored):
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Floor(_Stored):
+class _Floor(Stored):
     """What both floors record: the threads they ran with and what exactly was timed."""
 
     threads: int
@@ -264,7 +267,7 @@ class ReadLimit(_Floor):
     implementation: str = "limit"
 
     def validate(self, where: str) -> None:
-        _check_positive(self.bytes, f"{where}.bytes")
+        check_positive(self.bytes, f"{where}.bytes")
 
     @property
     def per_round(self) -> int:
@@ -284,8 +287,8 @@ class ComputeFloor(_Floor):
     implementation: str = "compute"
 
     def validate(self, where: str) -> None:
-        _check_positive(self.flops_per_call, f"{where}.flops_per_call")
-        _check_positive(self.epoch_flops, f"{where}.epoch_flops")
+        check_positive(self.flops_per_call, f"{where}.flops_per_call")
+        check_positive(self.epoch_flops, f"{where}.epoch_flops")
 
     @property
     def per_round(self) -> int:
@@ -294,7 +297,7 @@ class ComputeFloor(_Floor):
 
 
 @dataclass(frozen=True)
-class StartupResult(_Stored):
+class StartupResult(Stored):
     """A start-up measurement (``startup`` names it); per-round parts where it has them."""
 
     KINDS: ClassVar[tuple[str, ...]] = ("startup",)
@@ -360,7 +363,7 @@ def from_extra_info(info: Any, where: str = "extra_info") -> CaseResult:
 
 
 @dataclass(frozen=True)
-class Timing(_Stored):
+class Timing(Stored):
     """pytest-benchmark's statistics of a case's timed rounds, in seconds."""
 
     median: float
@@ -375,8 +378,8 @@ class Timing(_Stored):
         for name in ("q1", "q3", "iqr", "min", "max"):
             if getattr(self, name) < 0:
                 raise ResultError(f"{where}.{name} is {getattr(self, name)}, negative")
-        _check_positive(self.median, f"{where}.median")
-        _check_positive(self.rounds, f"{where}.rounds")
+        check_positive(self.median, f"{where}.median")
+        check_positive(self.rounds, f"{where}.rounds")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The report generator on synthetic pytest-benchmark JSON: validation, merging, comparison.
+"""The report generator on synthetic pytest-benchmark JSON: numbers, merging, comparison.
+
+Bad inputs are in ``test_report_inputs.py``, the output folder (a bad ``--out``, two
+builds at once) in ``test_report_output.py``; both build on the runs made here.
 
 The synthetic runs are written as ``benchmarks/`` writes them (schema 2): each case built
 with :mod:`impls.results`' dataclasses and stored with ``to_extra_info``. Expected numbers
@@ -8,7 +11,6 @@ schema-1 runs in ``reports/reference/`` are checked the same way.
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 from pathlib import Path
@@ -278,14 +280,18 @@ def row_of(frame, kind: str, implementation: str, run: int = 0):
     return rows.iloc[0]
 
 
-@pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
+def earlier_report(tmp_path: Path) -> Path:
     """An output directory holding an earlier report, which bad input must leave alone."""
     out = tmp_path / "reports"
     (out / "figures").mkdir(parents=True)
     (out / "README.md").write_text("earlier report\n")
     (out / "figures" / "epoch_time.png").write_bytes(b"earlier figure")
     return out
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return earlier_report(tmp_path)
 
 
 # ----------------------------------------------------------- a valid report
@@ -392,193 +398,6 @@ def test_build_report_takes_loaded_runs_without_reading_again(tmp_path: Path, mo
 
     monkeypatch.setattr(run_loading, "read_json", no_reading)
     assert report.build_report(runs, tmp_path / "out", previous=runs).is_file()
-
-
-# ------------------------------------------------------------- bad inputs
-
-
-def _assert_rejected(tmp_path: Path, out_dir: Path, document, *needles: str) -> None:
-    before = snapshot(out_dir)
-    path = write(tmp_path / "bad.json", document)
-    with pytest.raises(report.ReportError) as caught:
-        report.build_report([path], out_dir)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: ") and "\n" not in message
-    for needle in needles:
-        assert needle in message
-    assert snapshot(out_dir) == before, "a rejected input must leave the report untouched"
-    assert not list(tmp_path.glob(".reports.tmp-*"))
-
-
-def test_empty_file(tmp_path: Path, out_dir: Path) -> None:
-    _assert_rejected(tmp_path, out_dir, "", "empty file")
-
-
-def test_truncated_json(tmp_path: Path, out_dir: Path) -> None:
-    text = json.dumps(make_run())
-    _assert_rejected(tmp_path, out_dir, text[: len(text) // 2], "not valid JSON", "line 1")
-
-
-def test_not_an_object(tmp_path: Path, out_dir: Path) -> None:
-    _assert_rejected(tmp_path, out_dir, "[1, 2]", "not an object")
-
-
-@pytest.mark.parametrize("key", ["benchmarks", "machine_info", "datetime", "fmbench"])
-def test_missing_top_level_key(tmp_path: Path, out_dir: Path, key: str) -> None:
-    document = make_run()
-    del document[key]
-    _assert_rejected(tmp_path, out_dir, document, repr(key))
-
-
-def test_no_benchmarks(tmp_path: Path, out_dir: Path) -> None:
-    document = make_run()
-    document["benchmarks"] = []
-    _assert_rejected(tmp_path, out_dir, document, "measured nothing")
-
-
-def test_missing_extra_info(tmp_path: Path, out_dir: Path) -> None:
-    document = make_run()
-    del find(document, "epoch", "numpy")["extra_info"]
-    _assert_rejected(tmp_path, out_dir, document, "test_epoch[numpy-cpu]", "'extra_info'")
-
-
-def test_empty_extra_info(tmp_path: Path, out_dir: Path) -> None:
-    document = make_run()
-    find(document, "epoch", "numpy")["extra_info"] = {}
-    _assert_rejected(tmp_path, out_dir, document, "test_epoch[numpy-cpu]", "extra_info is empty")
-
-
-@pytest.mark.parametrize(
-    ("kind", "name", "where", "key"),
-    [
-        ("epoch", "numpy", "stats", "median"),
-        ("epoch", "numpy", "stats", "q3"),
-        ("epoch", "numpy", "extra_info", "history"),
-        ("epoch", "numpy", "extra_info", "kind"),
-        ("epoch", "numpy", "extra_info", "num_train"),
-        ("startup", "load-cache", "extra_info", "what"),
-        ("compute", None, "extra_info", "epoch_flops"),
-    ],
-)
-def test_missing_nested_key(tmp_path, out_dir, kind: str, name, where: str, key: str) -> None:
-    document = make_run()
-    benchmark = find(document, kind, name)
-    del benchmark[where][key]
-    _assert_rejected(tmp_path, out_dir, document, benchmark["fullname"], f"{where}", key)
-
-
-def _set(path: str, value: object):
-    """A change to a benchmark item: ``value`` at the dotted ``path`` (list indices as ints)."""
-
-    def change(benchmark: dict) -> None:
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
-        target = benchmark
-        for key in parents:
-            target = target[key]
-        target[last] = value
-
-    return change
-
-
-@pytest.mark.parametrize(
-    ("kind", "name", "path", "value", "field"),
-    [
-        ("epoch", "numpy", "extra_info.history.0.train_seconds", "0.5", "history[0].train_seconds"),
-        ("epoch", "numpy", "extra_info.history.9.test_accuracy", 1.7, "history[9].test_accuracy"),
-        ("epoch", "numpy", "extra_info.history.2", [], "extra_info.history[2]"),
-        ("epoch", "numpy", "extra_info.history", [], "extra_info.history"),
-        ("epoch", "numpy", "extra_info.predictions", [99] * 18, "extra_info.predictions"),
-        ("epoch", "numpy", "extra_info.runtime", ["cpu"], "extra_info.runtime"),
-        ("epoch", "numpy", "extra_info.num_train", "60000", "extra_info.num_train"),
-        ("epoch", "numpy", "extra_info.threads", 2.5, "extra_info.threads"),
-        ("epoch", "numpy", "extra_info.batch_size", True, "extra_info.batch_size"),
-        ("epoch", "numpy", "extra_info.peak_rss_bytes", 1.5, "extra_info.peak_rss_bytes"),
-        ("epoch", "numpy", "extra_info.kind", "epochs", "extra_info.kind"),
-        ("epoch", "numpy", "extra_info", ["epoch"], "extra_info"),
-        ("epoch", "numpy", "stats", [0.5], "stats"),
-        ("epoch", "numpy", "stats.median", "fast", "stats.median"),
-        ("epoch", "numpy", "stats.median", 0, "stats.median"),
-        ("epoch", "numpy", "stats.rounds", 0, "stats.rounds"),
-        ("epoch", "numpy", "group", "sweep: threads", "group"),
-        ("compute", None, "extra_info.flops_per_call", 0, "extra_info.flops_per_call"),
-        ("limit", None, "extra_info.bytes", -1, "extra_info.bytes"),
-        ("startup", "compile-cold", "extra_info.compile_seconds", [0.7, "x"],
-         "extra_info.compile_seconds[1]"),
-    ],
-)  # fmt: skip
-def test_a_field_of_the_wrong_type_or_range(
-    tmp_path: Path, out_dir: Path, kind: str, name, path: str, value: object, field: str
-) -> None:
-    """Refused in one line naming the file, the benchmark and the field."""
-    document = make_run()
-    benchmark = find(document, kind, name)
-    _set(path, value)(benchmark)
-    _assert_rejected(tmp_path, out_dir, document, benchmark["fullname"], field)
-
-
-@pytest.mark.parametrize(
-    ("path", "value", "field"),
-    [
-        ("fmbench.schema", results.SCHEMA + 1, "fmbench.schema"),
-        ("fmbench.schema", "2", "fmbench.schema"),
-        ("fmbench.tests", None, "fmbench.tests"),
-        ("machine_info", [], "machine_info"),
-        ("benchmarks.1", "numpy", "benchmarks[1]"),
-    ],
-)
-def test_a_wrong_top_level_field(tmp_path, out_dir, path: str, value: object, field: str) -> None:
-    document = make_run()
-    _set(path, value)(document)
-    _assert_rejected(tmp_path, out_dir, document, field)
-
-
-def test_missing_benchmark_entry(tmp_path: Path, out_dir: Path) -> None:
-    """A test that passed without its entry in the file: the file is partial."""
-    document = make_run()
-    document["benchmarks"].remove(find(document, "epoch", "d2l-reference"))
-    _assert_rejected(tmp_path, out_dir, document, "test_epoch[d2l-reference-cpu]", "partial")
-
-
-def test_failed_test_with_timing_is_not_reported_as_measured(tmp_path: Path) -> None:
-    """pytest-benchmark keeps an entry whose test failed after timing: list it as failed."""
-    document = make_run()
-    nodeid = _nodeid("test_epoch", "numpy-cpu")
-    for test in document["fmbench"]["tests"]:
-        if test["nodeid"] == nodeid:
-            test.update(outcome="failed", reason="AssertionError: accuracy out of range")
-    path = write(tmp_path / "run.json", document)
-    (run,) = report.load_runs([path])
-    assert nodeid not in {entry.fullname for entry in run.entries}
-    markdown = report.build_report([run], tmp_path / "out").read_text()
-    assert "AssertionError: accuracy out of range" in markdown
-    assert f"{number(0.5)} (" not in markdown  # numpy's epoch time is not shown
-
-
-def test_interrupted_run(tmp_path: Path, out_dir: Path) -> None:
-    document = make_run()
-    document["fmbench"]["tests"][-1]["outcome"] = "not run"
-    _assert_rejected(tmp_path, out_dir, document, "partial run", "never ran")
-
-
-def test_one_bad_file_among_good_ones(tmp_path: Path, out_dir: Path) -> None:
-    good = write(tmp_path / "good.json", make_run())
-    bad = write(tmp_path / "bad.json", "{")
-    before = snapshot(out_dir)
-    with pytest.raises(report.ReportError, match=r"bad\.json"):
-        report.build_report([good, bad], out_dir)
-    assert snapshot(out_dir) == before
-
-
-def test_missing_file(tmp_path: Path, out_dir: Path) -> None:
-    with pytest.raises(report.ReportError, match=r"nope\.json: no such file"):
-        report.build_report([tmp_path / "nope.json"], out_dir)
-
-
-def test_inputs_are_not_modified(tmp_path: Path, out_dir: Path) -> None:
-    document = make_run()
-    path = write(tmp_path / "run.json", document)
-    report.build_report([path], out_dir)
-    assert json.loads(path.read_text()) == copy.deepcopy(document)
 
 
 # ---------------------------------------------------- merging and comparing

@@ -10,12 +10,15 @@ The report is Markdown (tables by pandas' ``to_markdown``) plus PNG figures
     OUT/README.md
     OUT/figures/epoch_time.png, accuracy_by_epoch.png, accuracy_by_time.png, predictions.png
 
-It is written atomically, after every input is validated (:mod:`.build`).
+It is written atomically, after ``OUT`` and every input are checked (:mod:`.build`): a
+bad input or ``OUT`` is one line naming the file and the problem, and two builds into one
+``OUT`` at once leave one whole report, its README with its own figures.
 pandas, tabulate and matplotlib are imported inside the functions: the core
 package needs only NumPy (``pip install 'fmbench[bench]'`` brings them).
 
 The result format (what each benchmark case records, and every number derived
-from it) is :mod:`impls.results`; the report reads files with it. Modules:
+from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level sections
+(machine, commit, settings, tests, sample images); the report reads files with both. Modules:
 :mod:`.runs` (loading and validation into :class:`Run` objects), :mod:`.previous`
 (the autosave folder: the run to compare with), :mod:`.frame` (the results frame:
 comparisons between measurements, and the rule that flags a change),

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from impls.report.build import build_report
+from impls.report.build import build_report, check_out_dir
 from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, newest
 from impls.report.runs import ReportError, Run, label_runs, load_run, load_runs
 
@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``fmbench report``; returns 0, 1 (--fail-on-failures and a benchmark failed) or 2 (error)."""
     args = _parser().parse_args(argv)
     try:
+        check_out_dir(args.out)  # before any input is read
         runs, previous = _inputs(args)
         report = build_report(runs, args.out, previous)
     except ReportError as error:
@@ -93,10 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {report}")
     failed = [
-        f"{test['nodeid']}: {test.get('reason', '')}"
-        for run in runs
-        for test in run.tests()
-        if test["outcome"] in ("failed", "error")
+        f"{test.nodeid}: {test.reason or ''}" for run in runs for test in run.tests() if test.failed
     ]
     if failed:
         print(f"{len(failed)} benchmark(s) failed (listed in the report):", file=sys.stderr)

@@ -19,7 +19,8 @@ from impls.report.tables import (
     startup_table,
     sweep_table,
 )
-from impls.report.text import is_number, markdown_table, number, plural, present
+from impls.report.text import markdown_table, number, plural, present
+from impls.run_info import RegistryEntry
 
 FIGURES_DIR = "figures"
 BUSY_OTHER_CPUS = 0.2  # other processes' average CPU use above this: the run was not alone
@@ -29,7 +30,7 @@ MIN_ROUNDS = 5
 def _run_line(run: Run) -> str:
     """One bullet naming a run: file, date, commit, machine and settings."""
     settings = run.settings
-    epochs = settings.get("epochs")
+    epochs = settings.epochs
     parts = [
         f"`{run.path.name}`",
         f"{run.short_date} UTC",
@@ -38,8 +39,8 @@ def _run_line(run: Run) -> str:
     ]
     if epochs:
         parts.append(f"{epochs} epochs per implementation (1 warm-up + {epochs - 1} timed)")
-    if settings.get("threads"):
-        parts.append(f"{settings['threads']} threads")
+    if settings.threads:
+        parts.append(f"{settings.threads} threads")
     return "- " + ", ".join(parts)
 
 
@@ -49,21 +50,21 @@ def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str
     seen = set()
     for run in runs:
         for test in run.tests():
-            outcome = test["outcome"]
+            outcome = test.outcome
             if outcome == "passed":
                 continue
-            impl = test.get("impl") or test.get("implementation") or test.get("kind", "?")
-            reason = str(test.get("reason") or "").strip() or "(no reason given)"
-            key = (run.label, impl, test.get("device"), outcome, reason)
+            impl = test.name
+            reason = (test.reason or "").strip() or "(no reason given)"
+            key = (run.label, impl, test.device, outcome, reason)
             if key in seen:
                 continue  # the same reason for each of an implementation's sweep points
             seen.add(key)
             row = {"machine": run.label} if with_machine else {}
             row.update(
                 implementation=impl,
-                device=str(test.get("device") or "—"),
+                device=test.device or "—",
                 status=outcome,
-                benchmark=test["nodeid"].split("::")[-1],
+                benchmark=test.nodeid.split("::")[-1],
                 reason=reason,
             )
             rows.append(row)
@@ -72,7 +73,7 @@ def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str
 
 def _clocks_text(runs: Sequence[Run]) -> str:
     """Which clock the history's seconds come from, for the runs' schema."""
-    if all((run.fmbench.get("schema") or 1) >= 2 for run in runs):
+    if all(run.fmbench.schema >= 2 for run in runs):
         return (
             " *First epoch*, *time to accuracy* and the accuracy-against-time figure come from "
             "the worker's own clock around `train_epoch` (the clock `fmbench train` prints), "
@@ -85,10 +86,10 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     """The *Method and caveats* section, ending with ``previous_lines``."""
     first = runs[0]
     settings = first.settings
-    epochs = settings.get("epochs")
-    timed = f"{epochs - 1}" if isinstance(epochs, int) else "the remaining"
+    epochs = settings.epochs
+    timed = f"{epochs - 1}" if epochs is not None else "the remaining"
     lines = ["## Method and caveats", ""]
-    if any(run.settings.get("quick") for run in runs):
+    if any(run.settings.quick for run in runs):
         lines += [
             "> **Smoke run (`--quick`)**: too few rounds to be a measurement; "
             "use it to check the pipeline, not to compare speed.",
@@ -137,19 +138,19 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "forked from the worker and sharing most of its pages) are not added."
     )
     lines.append(
-        f"- **Threads**: every framework was asked for {settings.get('threads', '?')} threads "
+        f"- **Threads**: every framework was asked for {settings.threads or '?'} threads "
         "(`TrainConfig.threads`, and `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, "
         "`OPENBLAS_NUM_THREADS`… set to the same in each worker's environment); what each "
         "applied is in the table *What each implementation ran with*."
     )
-    registry: dict[str, dict] = {}
+    registry: dict[str, RegistryEntry] = {}
     for run in runs:
-        registry.update(run.fmbench.get("registry") or {})
-    present = {test.get("impl") for run in runs for test in run.tests()}
+        registry.update(run.fmbench.registry or {})
+    present = {test.impl for run in runs for test in run.tests()}
     own_order = sorted(
         name
         for name, entry in registry.items()
-        if name in present and not entry.get("follows_shared_order", True)
+        if name in present and not entry.follows_shared_order
     )
     if own_order:
         text = (
@@ -166,24 +167,24 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
             )
         lines.append(text)
     if not frame[frame["kind"].isin(["batch", "threads"])].empty:
-        sweep_rounds = settings.get("sweep_rounds", "?")
+        sweep_rounds = settings.sweep_rounds or "?"
         lines.append(
             f"- **Sweep points**: one warm-up epoch, then {sweep_rounds} timed round(s), no "
             "evaluation in between. Each thread count runs in a fresh worker process, so "
             "settings a framework fixes at start-up (XLA's thread pools) are honoured."
         )
-        excluded = first.fmbench.get("sweep_excluded") or {}
+        excluded = first.fmbench.sweep_excluded or {}
         excluded = {name: why for name, why in excluded.items() if name in present}
         if excluded:
             reasons = "; ".join(f"{name}: {why}" for name, why in excluded.items())
             lines.append(f"- **Left out of the sweeps**: {reasons}.")
     busy = []
     for run in runs:
-        other = run.extra_machine.get("other_cpu_use") or {}
-        cpus = run.extra_machine.get("logical_cpus")
-        if is_number(other.get("other_cpus")) and other["other_cpus"] > BUSY_OTHER_CPUS:
+        other = run.extra_machine.other_cpu_use
+        cpus = run.extra_machine.logical_cpus
+        if other is not None and other.other_cpus > BUSY_OTHER_CPUS:
             busy.append(
-                f"{run.label}: other processes kept {other['other_cpus']:.2f} of "
+                f"{run.label}: other processes kept {other.other_cpus:.2f} of "
                 f"{cpus or '?'} CPUs busy on average"
             )
     noisy = frame[
@@ -213,7 +214,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     pairs = pair_previous(runs, previous)
     with_delta = bool(pairs)
     targets = {case.target_accuracy for run in runs for _, case in run.trained("epoch")} or {
-        run.settings.get("target_accuracy") for run in runs
+        run.settings.target_accuracy for run in runs
     }
     target = next(iter(targets)) if len(targets) == 1 else None
 
@@ -323,9 +324,9 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         lines.append(
             "Median seconds per epoch (IQR in brackets) · training examples per second."
             + (
-                f" At {runs[0].settings.get('threads', '?')} threads."
+                f" At {runs[0].settings.threads or '?'} threads."
                 if kind == "batch"
-                else f" At batch size {runs[0].settings.get('batch_size', 256)}."
+                else f" At batch size {runs[0].settings.batch_size or 256}."
             )
         )
         lines += ["", markdown_table(table), ""]

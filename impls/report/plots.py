@@ -6,8 +6,6 @@ the predictions grid is drawn by :func:`impls.figures.plot_predictions`.
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,18 +139,15 @@ def predictions_figure(run: Run, case: TrainingResult, path: Path) -> str | None
     return why not, or None."""
     import numpy as np
 
-    sample = run.fmbench.get("sample") or {}
+    sample = run.fmbench.sample  # validated on loading: its size matches its shape
     predictions = case.predictions
-    if not sample.get("images_uint8_base64") or not predictions:
+    if sample is None or not predictions:
         return "the run stored no sample images or predictions"
-    shape = tuple(sample["shape"])
-    images = np.frombuffer(base64.b64decode(sample["images_uint8_base64"]), dtype=np.uint8)
-    if images.size != math.prod(shape):
-        return "the stored sample images are damaged"
-    count = min(len(predictions), shape[0], len(sample["labels"]))
+    images = np.frombuffer(sample.pixels, dtype=np.uint8).reshape(sample.shape)
+    count = min(len(predictions), len(images))
     plot_predictions(
-        images.reshape(shape)[:count],
-        np.asarray(sample["labels"][:count]),
+        images[:count],
+        np.asarray(sample.labels[:count]),
         np.asarray(predictions[:count]),
         path,
         count=count,

@@ -55,12 +55,12 @@ def find_previous(run: Run, saved: Iterable[Run]) -> Run | None:
     ``run_id`` or same file) is never chosen, and a ``--quick`` smoke run is
     only compared with another smoke run.
     """
-    quick = bool(run.settings.get("quick"))
+    quick = run.settings.quick
     return newest(
         candidate
         for candidate in saved
         if candidate.machine_key == run.machine_key
-        and bool(candidate.settings.get("quick")) == quick  # smoke runs are not measurements
+        and candidate.settings.quick == quick  # smoke runs are not measurements
         and not (run.run_id is not None and candidate.run_id == run.run_id)
         and candidate.path.resolve() != run.path.resolve()
         and candidate.recorded_before(run)

@@ -3,10 +3,11 @@
 :func:`load_run` reads one pytest-benchmark JSON file written by ``benchmarks/``:
 each item of its ``benchmarks`` becomes an :class:`impls.results.Measurement`
 (``stats`` read as a :class:`~impls.results.Timing`, ``extra_info`` with
-:func:`~impls.results.from_extra_info`), so the report checks a file against the
-same definitions the benchmarks write it with. Any problem is a
-:class:`ReportError`: one line naming the file and the field. The previous-run
-search over the autosave folder is in :mod:`.previous`.
+:func:`~impls.results.from_extra_info`), and the run-level sections are read with
+:mod:`impls.run_info` (``machine_info``, ``commit_info``, the ``fmbench`` section), so
+the report checks every field it uses against the definitions the benchmarks write
+with. Any problem is a :class:`ReportError`: one line naming the file and the field.
+The previous-run search over the autosave folder is in :mod:`.previous`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ from impls.results import (
     Timing,
     TrainingResult,
 )
+from impls.run_info import (
+    CommitInfo,
+    MachineFacts,
+    MachineInfo,
+    Outcome,
+    RunSection,
+    RunSettings,
+)
 
 
 class ReportError(Exception):
@@ -40,38 +49,34 @@ class Run:
 
     path: Path
     datetime: str
-    machine_info: dict[str, Any]
-    commit_info: dict[str, Any]
-    fmbench: dict[str, Any]
+    machine_info: MachineInfo
+    commit_info: CommitInfo
+    fmbench: RunSection
     entries: list[Measurement]
     label: str = ""  # the machine (and date, when a machine appears twice): set by label_runs
 
     @property
     def run_id(self) -> str | None:
-        return self.fmbench.get("run_id")
+        return self.fmbench.run_id
 
     @property
-    def settings(self) -> dict[str, Any]:
-        return self.fmbench.get("settings") or {}
+    def settings(self) -> RunSettings:
+        return self.fmbench.settings or RunSettings()
 
     @property
-    def extra_machine(self) -> dict[str, Any]:
-        return self.machine_info.get("fmbench") or {}
+    def extra_machine(self) -> MachineFacts:
+        """fmbench's own facts about the machine (``machine_info["fmbench"]``)."""
+        return self.machine_info.facts
 
     @property
     def machine_key(self) -> tuple:
-        extra = self.extra_machine
-        return (
-            self.machine_info.get("node"),
-            extra.get("cpu_model") or (self.machine_info.get("cpu") or {}).get("brand_raw"),
-            extra.get("logical_cpus"),
-        )
+        return (self.machine_info.node, self.machine_info.cpu_name, self.extra_machine.logical_cpus)
 
     @property
     def commit(self) -> str:
         """pytest-benchmark's ``commit_info``: the commit, and whether the tree was dirty."""
-        commit = str(self.commit_info.get("id") or "unknown")[:12]
-        return commit + (" (uncommitted changes)" if self.commit_info.get("dirty") else "")
+        commit = (self.commit_info.id or "unknown")[:12]
+        return commit + (" (uncommitted changes)" if self.commit_info.dirty else "")
 
     @property
     def when(self) -> datetime | None:
@@ -97,9 +102,9 @@ class Run:
             theirs = theirs.replace(tzinfo=timezone.utc)
         return mine < theirs
 
-    def tests(self, outcome: str | None = None) -> list[dict[str, Any]]:
-        tests = self.fmbench.get("tests") or []
-        return [t for t in tests if outcome is None or t.get("outcome") == outcome]
+    def tests(self, outcome: str | None = None) -> list[Outcome]:
+        """The run's benchmark tests (those that ended with ``outcome``, if given)."""
+        return [t for t in self.fmbench.tests if outcome is None or t.outcome == outcome]
 
     def of_kind(self, kind: str) -> list[Measurement]:
         return [entry for entry in self.entries if entry.kind == kind]
@@ -191,14 +196,23 @@ def _check_schema(path: Path, fmbench: dict[str, Any]) -> None:
         )
 
 
-def _check_tests(path: Path, tests: Any, entries: Sequence[Measurement]) -> None:
-    """``fmbench.tests`` lists every benchmark with its outcome, and matches the entries."""
-    if not isinstance(tests, list):
+def _sections(path: Path, data: dict[str, Any]) -> tuple[MachineInfo, CommitInfo, RunSection]:
+    """The run-level sections, every field the report uses checked (:mod:`impls.run_info`)."""
+    if not isinstance(data["fmbench"].get("tests"), list):
         raise _fail(path, "fmbench.tests is missing: cannot tell which benchmarks ran")
-    for test in tests:
-        if not isinstance(test, dict) or "nodeid" not in test or "outcome" not in test:
-            raise _fail(path, f"fmbench.tests has a malformed item: {test!r}")
-    never = [t["nodeid"] for t in tests if t["outcome"] == "not run"]
+    try:
+        return (
+            MachineInfo.from_dict(data["machine_info"], "machine_info"),
+            CommitInfo.from_dict(data["commit_info"], "commit_info"),
+            RunSection.from_dict(data["fmbench"], "fmbench"),
+        )
+    except ResultError as error:
+        raise _fail(path, str(error)) from None
+
+
+def _check_tests(path: Path, tests: Sequence[Outcome], entries: Sequence[Measurement]) -> None:
+    """``fmbench.tests`` lists every benchmark with its outcome, and matches the entries."""
+    never = [t.nodeid for t in tests if t.outcome == "not run"]
     if never:
         raise _fail(
             path,
@@ -206,10 +220,10 @@ def _check_tests(path: Path, tests: Any, entries: Sequence[Measurement]) -> None
         )
     measured = {entry.fullname for entry in entries}
     for test in tests:
-        if test["outcome"] == "passed" and test["nodeid"] not in measured:
+        if test.outcome == "passed" and test.nodeid not in measured:
             raise _fail(
                 path,
-                f"benchmark entry for {test['nodeid']!r} is missing although the test passed: "
+                f"benchmark entry for {test.nodeid!r} is missing although the test passed: "
                 "the file is partial",
             )
 
@@ -233,20 +247,20 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         if not isinstance(data[key], dict):
             raise _fail(path, f"{key} is {type(data[key]).__name__}, not an object")
     _check_schema(path, data["fmbench"])
+    machine, commit, section = _sections(path, data)
     if not isinstance(data["benchmarks"], list) or not data["benchmarks"]:
         raise _fail(path, "'benchmarks' is empty: the run measured nothing")
     entries = [_measurement(path, i, raw) for i, raw in enumerate(data["benchmarks"])]
-    tests = data["fmbench"].get("tests")
-    _check_tests(path, tests, entries)
+    _check_tests(path, section.tests, entries)
     # A test that failed after pytest-benchmark recorded its timing: its numbers are not
     # trusted; it is listed with the other failures instead.
-    failed = {t["nodeid"] for t in tests if t["outcome"] in ("failed", "error")}
+    failed = {t.nodeid for t in section.tests if t.failed}
     return Run(
         path,
         str(data["datetime"]),
-        data["machine_info"],
-        data["commit_info"],
-        data["fmbench"],
+        machine,
+        commit,
+        section,
         [entry for entry in entries if entry.fullname not in failed],
     )
 
@@ -262,10 +276,9 @@ def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
 def label_runs(runs: Sequence[Run]) -> list[Run]:
     """Label each run with its machine; the same machine twice gets the date too."""
     for run in runs:
-        extra = run.extra_machine
-        cpu = extra.get("cpu_model") or "unknown CPU"
-        cpus = extra.get("logical_cpus")
-        node = run.machine_info.get("node") or "unknown host"
+        cpu = run.extra_machine.cpu_model or "unknown CPU"
+        cpus = run.extra_machine.logical_cpus
+        node = run.machine_info.node or "unknown host"
         run.label = f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
     counts: dict[str, int] = {}
     for run in runs:

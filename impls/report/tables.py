@@ -7,11 +7,11 @@ Cells are formatted here (:mod:`.text`); the numbers come from the frame
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
-from impls.report.text import is_number, number, present
+from impls.report.text import number, present
+from impls.run_info import LoadAverage, OtherCpuUse, RegistryEntry
 
 NOISY_IQR_FRACTION = 0.10  # IQR/median above this: the row is marked noisy
 
@@ -192,9 +192,9 @@ def noise_table(frame, *, with_machine: bool):
 # ------------------------------------------------------------------ machines
 
 
-def _gib(value: Any) -> str:
+def _gib(value: int | None) -> str:
     """Bytes as 'N.N GiB', or '—'."""
-    return f"{value / 2**30:.1f} GiB" if is_number(value) else "—"
+    return "—" if value is None else f"{value / 2**30:.1f} GiB"
 
 
 def machine_table(runs: Sequence[Run]):
@@ -204,67 +204,68 @@ def machine_table(runs: Sequence[Run]):
     columns = {}
     for run in runs:
         extra = run.extra_machine
-        versions = extra.get("versions") or {}
+        versions = extra.versions or {}
         blas = ", ".join(
-            f"{b.get('internal_api')} {b.get('version')} "
-            f"({b.get('architecture') or '?'}, {b.get('num_threads') or '?'} threads)"
-            for b in extra.get("numpy_blas") or []
+            f"{b.internal_api} {b.version} "
+            f"({b.architecture or '?'}, {b.num_threads or '?'} threads)"
+            for b in extra.numpy_blas or []
         )
-        cpus = f"{extra.get('logical_cpus', '—')} ({extra.get('physical_cores') or '—'})"
+        cpus = f"{_or_dash(extra.logical_cpus)} ({extra.physical_cores or '—'})"
         torch = f"{versions.get('torch') or '—'} / {versions.get('torchvision') or '—'}"
-        load = extra.get("load_average") or {}
-        frameworks = extra.get("frameworks") or {}
-        devices = sorted(
-            {str(f.get("device_name")) for f in frameworks.values() if f.get("device_name")}
-        )
+        frameworks = extra.frameworks or {}
+        devices = sorted({f.device_name for f in frameworks.values() if f.device_name})
         columns[run.label] = {
             "run": f"{run.short_date} UTC, commit {run.commit}",
-            "CPU": extra.get("cpu_model") or "—",
+            "CPU": extra.cpu_model or "—",
             "logical CPUs (physical cores)": cpus,
-            "memory": _gib(extra.get("memory_bytes")),
-            "OS": extra.get("os") or run.machine_info.get("system") or "—",
-            "Python": extra.get("python") or run.machine_info.get("python_version") or "—",
+            "memory": _gib(extra.memory_bytes),
+            "OS": extra.os or run.machine_info.system or "—",
+            "Python": extra.python or run.machine_info.python_version or "—",
             "numpy (BLAS)": f"{versions.get('numpy') or '—'} ({blas or 'BLAS unknown'})",
             "torch / torchvision": torch,
             "jax / jaxlib / optax": " / ".join(
-                str(versions.get(name) or "—") for name in ("jax", "jaxlib", "optax")
+                versions.get(name) or "—" for name in ("jax", "jaxlib", "optax")
             ),
-            "threads requested": str(extra.get("threads", "—")),
+            "threads requested": _or_dash(extra.threads),
             "devices used": ", ".join(devices) or "—",
-            "load average (1 min) start → end": _load_text(load),
-            "other processes' CPU use during the run": _other_text(extra.get("other_cpu_use")),
+            "load average (1 min) start → end": _load_text(extra.load_average),
+            "other processes' CPU use during the run": _other_text(extra.other_cpu_use),
         }
     frame = pd.DataFrame(columns)
     frame.insert(0, "", frame.index)
     return frame
 
 
-def _other_text(other: dict | None) -> str:
+def _or_dash(value: object) -> str:
+    """``value`` as text, or '—' when unknown."""
+    return "—" if value is None else str(value)
+
+
+def _other_text(other: OtherCpuUse | None) -> str:
     """Other processes' average CPU use during the run, or '—'."""
-    if not other or not is_number(other.get("other_cpus")):
+    if other is None:
         return "—"
-    return f"{other['other_cpus']:.2f} CPUs on average over {other['wall_seconds']:.0f} s"
+    return f"{other.other_cpus:.2f} CPUs on average over {other.wall_seconds:.0f} s"
 
 
-def _load_text(load: dict) -> str:
+def _load_text(load: LoadAverage | None) -> str:
     """The 1-minute load average at the start and end of the run, or '—'."""
-    start, end = load.get("start"), load.get("end")
-    if not start or not end:
+    if load is None or not load.start or not load.end:
         return "—"
-    return f"{start[0]} → {end[0]}"
+    return f"{load.start[0]} → {load.end[0]}"
 
 
 def settings_table(runs: Sequence[Run], *, with_machine: bool):
     """What each implementation actually ran with (from its ``runtime_info``)."""
     import pandas as pd
 
-    registry = {}
+    registry: dict[str, RegistryEntry] = {}
     table = []
     for run in runs:
-        registry.update(run.fmbench.get("registry") or {})
+        registry.update(run.fmbench.registry or {})
         for entry, case in run.trained("epoch"):
             runtime = case.runtime
-            shared = (registry.get(entry.implementation) or {}).get("follows_shared_order", True)
+            shared = registry.get(entry.implementation, RegistryEntry()).follows_shared_order
             record = {"machine": run.label} if with_machine else {}
             record.update(
                 {

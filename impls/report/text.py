@@ -10,11 +10,6 @@ import math
 from typing import Any
 
 
-def is_number(value: Any) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool): for the untyped machine facts."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def present(value: Any) -> bool:
     """Whether ``value`` is neither None nor NaN (a frame's empty cell)."""
     return value is not None and not (isinstance(value, float) and math.isnan(value))

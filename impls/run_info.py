@@ -1,0 +1,243 @@
+"""The run-level parts of a benchmark file, as dataclasses: what a run says besides its cases.
+
+A pytest-benchmark JSON file written by ``benchmarks/`` holds, beside its cases
+(:mod:`impls.results`):
+
+* ``machine_info``, pytest-benchmark's facts about the machine (:class:`MachineInfo`), with
+  fmbench's own under ``machine_info["fmbench"]`` (:class:`MachineFacts`, written by
+  ``benchmarks/bench_machine.py``);
+* ``commit_info``, pytest-benchmark's commit (:class:`CommitInfo`);
+* the top-level ``fmbench`` section (:class:`RunSection`, written by ``benchmarks/conftest.py``):
+  the run's settings, every test with its outcome (:class:`Outcome`) and the sample images
+  the predictions grid is drawn on (:class:`Sample`).
+
+They are read like the cases, with :meth:`from_dict`: every field the report uses is typed
+and range-checked, and a bad one is a :class:`~impls.results.ResultError` naming it. Keys
+the report does not use are ignored, and what older files may lack is optional.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+
+from impls.results import ResultError, Stored, check_fraction, check_positive
+
+# How a benchmark test ended: pytest's outcomes, "error" (failed outside its call) and
+# "not run" (the run stopped before it).
+OUTCOMES = ("passed", "failed", "skipped", "error", "not run")
+FAILED = ("failed", "error")
+
+
+# ------------------------------------------------------------------ machine
+
+
+@dataclass(frozen=True)
+class BlasLibrary(Stored):
+    """One BLAS library NumPy loaded (threadpoolctl's ``threadpool_info``)."""
+
+    internal_api: str | None = None
+    version: str | None = None
+    architecture: str | None = None
+    num_threads: int | None = None
+
+    def validate(self, where: str) -> None:
+        check_positive(self.num_threads, f"{where}.num_threads")
+
+
+@dataclass(frozen=True)
+class FrameworkUse(Stored):
+    """What one implementation's worker ran on (``bench_machine.framework_table``)."""
+
+    device_name: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadAverage(Stored):
+    """The load averages (1, 5, 15 minutes) at the start and the end of the run."""
+
+    start: list[float] | None = None
+    end: list[float] | None = None
+
+    def validate(self, where: str) -> None:
+        for name in ("start", "end"):
+            if any(value < 0 for value in getattr(self, name) or ()):
+                raise ResultError(f"{where}.{name} holds a negative load")
+
+
+@dataclass(frozen=True)
+class OtherCpuUse(Stored):
+    """How many CPUs other processes kept busy, on average, over ``wall_seconds``."""
+
+    wall_seconds: float
+    other_cpus: float
+    other_cpu_seconds: float | None = None
+
+    def validate(self, where: str) -> None:
+        check_positive(self.wall_seconds, f"{where}.wall_seconds")
+        if self.other_cpus < 0:
+            raise ResultError(f"{where}.other_cpus is {self.other_cpus}, negative")
+
+
+@dataclass(frozen=True)
+class MachineFacts(Stored):
+    """``machine_info["fmbench"]``: the machine, its load and the software, as fmbench saw them."""
+
+    cpu_model: str | None = None
+    logical_cpus: int | None = None
+    physical_cores: int | None = None
+    memory_bytes: int | None = None
+    os: str | None = None
+    python: str | None = None
+    threads: int | None = None  # asked of every framework
+    versions: dict[str, str | None] | None = None  # distribution -> version (None: absent)
+    numpy_blas: list[BlasLibrary] | None = None
+    frameworks: dict[str, FrameworkUse] | None = None  # implementation -> what it ran on
+    load_average: LoadAverage | None = None
+    other_cpu_use: OtherCpuUse | None = None
+
+    def validate(self, where: str) -> None:
+        for name in ("logical_cpus", "physical_cores", "memory_bytes", "threads"):
+            check_positive(getattr(self, name), f"{where}.{name}")
+
+
+@dataclass(frozen=True)
+class CpuInfo(Stored):
+    """pytest-benchmark's ``machine_info["cpu"]`` (py-cpuinfo): the CPU's name."""
+
+    brand_raw: str | None = None
+
+
+@dataclass(frozen=True)
+class MachineInfo(Stored):
+    """pytest-benchmark's ``machine_info``: the keys the report uses, and fmbench's own facts."""
+
+    node: str | None = None
+    system: str | None = None
+    python_version: str | None = None
+    cpu: CpuInfo | None = None
+    fmbench: MachineFacts | None = None
+
+    @property
+    def facts(self) -> MachineFacts:
+        """fmbench's facts (all unknown when the file has none)."""
+        return self.fmbench or MachineFacts()
+
+    @property
+    def cpu_name(self) -> str | None:
+        """The CPU model: fmbench's, else py-cpuinfo's."""
+        return self.facts.cpu_model or (self.cpu.brand_raw if self.cpu else None)
+
+
+@dataclass(frozen=True)
+class CommitInfo(Stored):
+    """pytest-benchmark's ``commit_info``: the commit, and whether the tree had changes."""
+
+    id: str | None = None
+    dirty: bool | None = None
+
+
+# ------------------------------------------------------------ the fmbench section
+
+
+@dataclass(frozen=True)
+class RunSettings(Stored):
+    """The run's options (``bench_options.Settings``): those the report states."""
+
+    epochs: int | None = None  # of the main run, the first one warm-up
+    threads: int | None = None
+    batch_size: int | None = None
+    sweep_rounds: int | None = None
+    target_accuracy: float | None = None
+    quick: bool = False
+
+    def validate(self, where: str) -> None:
+        for name in ("epochs", "threads", "batch_size", "sweep_rounds"):
+            check_positive(getattr(self, name), f"{where}.{name}")
+        check_fraction(self.target_accuracy, f"{where}.target_accuracy")
+
+
+@dataclass(frozen=True)
+class RegistryEntry(Stored):
+    """An implementation as the registry described it when the run was made."""
+
+    summary: str = ""
+    follows_shared_order: bool = True
+
+
+@dataclass(frozen=True)
+class Outcome(Stored):
+    """One benchmark test of the run (an item of ``fmbench.tests``) and how it ended."""
+
+    nodeid: str
+    outcome: str
+    kind: str | None = None
+    impl: str | None = None
+    implementation: str | None = None  # what some files call ``impl``
+    device: str | None = None
+    reason: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ResultError(
+                f"{where}.outcome is {self.outcome!r}, expected one of {list(OUTCOMES)}"
+            )
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in FAILED
+
+    @property
+    def name(self) -> str:
+        """What the test measured: the implementation, else the kind (limit, compute)."""
+        return self.impl or self.implementation or self.kind or "?"
+
+
+@dataclass(frozen=True)
+class Sample(Stored):
+    """The first test images (uint8, ``shape`` = images × height × width) and their labels."""
+
+    images_uint8_base64: str
+    shape: list[int]
+    labels: list[int]
+
+    @property
+    def pixels(self) -> bytes:
+        """The images' bytes, row-major in ``shape``."""
+        return base64.b64decode(self.images_uint8_base64, validate=True)
+
+    def validate(self, where: str) -> None:
+        if len(self.shape) != 3 or any(size <= 0 for size in self.shape):
+            raise ResultError(f"{where}.shape is {self.shape!r}, not [images, height, width]")
+        if len(self.labels) != self.shape[0]:
+            raise ResultError(
+                f"{where}.labels has {len(self.labels)} labels for {self.shape[0]} images"
+            )
+        if any(not 0 <= label < 10 for label in self.labels):
+            raise ResultError(f"{where}.labels holds a label outside 0..9")
+        try:
+            size = len(self.pixels)
+        except ValueError as error:  # binascii.Error, or a character outside ASCII
+            raise ResultError(f"{where}.images_uint8_base64 is not base64 ({error})") from None
+        if size != math.prod(self.shape):
+            raise ResultError(
+                f"{where}.images_uint8_base64 holds {size} bytes, not the "
+                f"{math.prod(self.shape)} of shape {self.shape}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSection(Stored):
+    """The top-level ``fmbench`` section: the run's identity, settings and tests."""
+
+    tests: list[Outcome]
+    schema: int = 1  # the result format's version (impls.results.SCHEMA when written)
+    run_id: str | None = None
+    settings: RunSettings | None = None
+    registry: dict[str, RegistryEntry] | None = None
+    sweep_excluded: dict[str, str] | None = None  # implementation -> why
+    sample: Sample | None = None
+
+    def validate(self, where: str) -> None:
+        check_positive(self.schema, f"{where}.schema")
