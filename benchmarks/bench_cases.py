@@ -12,15 +12,16 @@ from dataclasses import dataclass
 import pytest
 from bench_options import SWEEP_EXCLUDED, Settings
 
+from impls.registry import REGISTRY
 from impls.results import GROUPS
-
-PREDICTION_COUNT = 18
 
 # Start-up measurements beyond the epoch: which implementations' ``fmbench train``
 # is timed end to end, and which keep a persistent compilation cache (and the
 # environment variable that points it elsewhere), timed cold and warm.
 CLI_STARTUP_IMPLS = ("numpy",)
-COMPILE_CACHE_ENV = {"jax": "FMBENCH_JAX_CACHE_DIR"}
+COMPILE_CACHE_ENV = {
+    impl.name: impl.compile_cache_env for impl in REGISTRY.values() if impl.compile_cache_env
+}
 
 # The floors: test function name -> the kind its result records.
 FLOOR_TESTS = {"test_read_limit": "limit", "test_compute_floor": "compute"}

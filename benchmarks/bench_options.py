@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from bench_workers import DEFAULT_TIMEOUT
 
 from impls import registry
 from impls.config import TrainConfig, usable_cores
@@ -20,7 +21,6 @@ DEFAULT_LIMIT_ROUNDS = 30
 QUICK_LIMIT_ROUNDS = 5
 DEFAULT_STARTUP_ROUNDS = 5
 DEFAULT_TARGET_ACCURACY = 0.82
-DEFAULT_WORKER_TIMEOUT = 300.0
 DEFAULT_EPOCH_TIMEOUT_FACTOR = 20.0
 DEFAULT_EPOCH_TIMEOUT_MIN = 30.0
 
@@ -54,7 +54,7 @@ class Settings:
     epoch_timeout_factor: float = DEFAULT_EPOCH_TIMEOUT_FACTOR
     epoch_timeout_min: float = DEFAULT_EPOCH_TIMEOUT_MIN
     startup: bool = True
-    startup_rounds: int = 5
+    startup_rounds: int = DEFAULT_STARTUP_ROUNDS
     batch_size: int = TrainConfig.batch_size
     sweep_warmup: int = 1
 
@@ -167,10 +167,10 @@ def add_options(parser: pytest.Parser) -> None:
     add(
         "--worker-timeout",
         type=float,
-        default=DEFAULT_WORKER_TIMEOUT,
+        default=DEFAULT_TIMEOUT,
         metavar="S",
         help="seconds a worker may take to start, import, build or run its warm-up epoch "
-        f"before it is killed (default {DEFAULT_WORKER_TIMEOUT:g})",
+        f"before it is killed (default {DEFAULT_TIMEOUT:g})",
     )
     add(
         "--epoch-timeout-factor",
@@ -190,6 +190,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def _given_or(value: int | None, default: int) -> int:
+    """The option's value when given (0 included, so that it is refused), else the default."""
+    return default if value is None else value
+
+
 def resolve_settings(config: pytest.Config) -> Settings:
     """The session's :class:`Settings`; a bad option is a ``pytest.UsageError`` naming it."""
     option = config.getoption
@@ -205,10 +210,12 @@ def resolve_settings(config: pytest.Config) -> Settings:
     elif threads < 1:
         raise pytest.UsageError(f"--threads must be positive, got {threads}")
     quick = option("quick")
-    epochs = option("epochs") or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    epochs = _given_or(option("epochs"), QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     if epochs < 2:
         raise pytest.UsageError("--epochs must be at least 2 (one warm-up epoch, one timed)")
-    sweep_rounds = option("sweep_rounds") or (1 if quick else DEFAULT_SWEEP_ROUNDS)
+    sweep_rounds = _given_or(option("sweep_rounds"), 1 if quick else DEFAULT_SWEEP_ROUNDS)
+    if sweep_rounds < 1:
+        raise pytest.UsageError(f"--sweep-rounds must be positive, got {sweep_rounds}")
     startup_rounds = option("startup_rounds")
     if startup_rounds is None:
         startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
@@ -236,7 +243,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
         sweep_slow=option("sweep_slow"),
         # Workers and commands run from the repository root: a relative path is made
         # absolute here, against the directory the suite was started from.
-        data_dir=str(Path(option("data_dir")).resolve()) if option("data_dir") else None,
+        data_dir=str(Path(option("data_dir")).expanduser().resolve())
+        if option("data_dir")
+        else None,
         worker_timeout=option("worker_timeout"),
         epoch_timeout_factor=option("epoch_timeout_factor"),
         epoch_timeout_min=option("epoch_timeout_min"),

@@ -1,6 +1,6 @@
 """One implementation in its own process, driven by the benchmarks over a pipe.
 
-Run as a script by :class:`harness.Worker`, never imported by the benchmarks.
+Run as a script by :class:`bench_workers.Worker`, never imported by the benchmarks.
 Each worker serves one implementation at one thread count:
 
 * peak resident memory is per process, so each implementation's peak is its own;
@@ -149,16 +149,16 @@ class Server:
         return {"devices": list(self.module.available_devices())}
 
     def cmd_build(self, config: dict) -> dict[str, object]:
+        from impls import registry
         from impls.config import TrainConfig
-        from impls.training import EpochRunner, init_params
+        from impls.training import EpochRunner
 
         if self.module is None:
             self.cmd_load()
         self.runner = None
         gc.collect()
-        resolved = TrainConfig(**config).resolved()
         start = time.perf_counter()
-        trainer = self.module.make_trainer(self.data, init_params(resolved), resolved)
+        trainer, resolved = registry.build_trainer(self.impl, self.data, TrainConfig(**config))
         seconds = time.perf_counter() - start
         self.runner = EpochRunner(trainer, resolved, self.data.num_train)
         return {

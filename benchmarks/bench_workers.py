@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from impls.fetch import CACHE_DIR_ENV, DATA_DIR_ENV
 from impls.results import EpochRecord
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +43,10 @@ class WorkerError(RuntimeError):
     """The worker reported an error or died; the message says which and why."""
 
 
+class WorkerTimeout(WorkerError):
+    """The worker did not answer in time and was killed."""
+
+
 class WorkerBroken(WorkerError):
     """The implementation hung earlier in this run: its later cases are not tried again."""
 
@@ -50,10 +55,18 @@ class WorkerSkip(Exception):
     """The implementation cannot run here (framework, module or device missing)."""
 
 
+# Directories fmbench reads from the environment: made absolute for processes that
+# run from the repository root rather than from where the suite was started.
+PATH_ENV_VARS = (DATA_DIR_ENV, CACHE_DIR_ENV)
+
+
 def worker_env(threads: int) -> dict[str, str]:
     """The environment of a process the benchmarks start: threads pinned, the repo importable."""
     env = dict(os.environ, **thread_env(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    for name in PATH_ENV_VARS:
+        if env.get(name):
+            env[name] = str(Path(env[name]).expanduser().resolve())
     return env
 
 
@@ -96,7 +109,11 @@ class Worker:
         self._replies: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.hello = self._receive("start-up (loading the dataset)", timeout)
+        try:
+            self.hello = self._receive("start-up (loading the dataset)", timeout)
+        except WorkerError:
+            self.close()  # no process, pipe or file left behind
+            raise
 
     def _read(self) -> None:
         for line in self._process.stdout:
@@ -114,7 +131,7 @@ class Worker:
         except queue.Empty:
             self.kill()
             self.timed_out = f"no answer to {what} within {timeout:g} s"
-            raise WorkerError(
+            raise WorkerTimeout(
                 f"{self.impl} worker: {self.timed_out} (killed).\n{self.stderr_tail()}"
             ) from None
         if line is None:
@@ -235,12 +252,20 @@ class WorkerPool:
             reason = missing_reason(case.impl)
             if reason:
                 raise WorkerSkip(reason)
-            self._worker = Worker(
-                case.impl, case.device, case.threads, data_dir=self.data_dir, timeout=self.timeout
-            )
-            self._key = key
             try:
+                self._worker = Worker(
+                    case.impl,
+                    case.device,
+                    case.threads,
+                    data_dir=self.data_dir,
+                    timeout=self.timeout,
+                )
+                self._key = key
                 self._worker.request("load")
+            except WorkerTimeout as error:
+                self.broken[(case.impl, case.device)] = str(error).splitlines()[0]
+                self.close()
+                raise
             except WorkerError:
                 self.close()
                 raise
@@ -293,12 +318,12 @@ class EpochRequests:
 
     def setup(self) -> None:
         if self._unevaluated and self.evaluate_each_epoch:
-            self.worker.request("evaluate", timeout=self._timeout)
+            self.request("evaluate")
             self._unevaluated = False
-        self.worker.request("prepare", timeout=self._timeout)
+        self.request("prepare")
 
     def train(self) -> None:
-        self.worker.request("train", timeout=self._timeout)
+        self.request("train")
         self._unevaluated = True
 
     def warm_up(self, epochs: int) -> None:
@@ -311,10 +336,14 @@ class EpochRequests:
             slowest = max(slowest, time.perf_counter() - start)
         self._timeout = epoch_timeout(slowest, self.timeout_factor, self.timeout_min)
 
+    def request(self, cmd: str, **fields: object) -> dict:
+        """Any other request to the worker, under the epoch timeout once it is known."""
+        return self.worker.request(cmd, timeout=self._timeout, **fields)
+
     def finish(self) -> list[EpochRecord]:
         """Evaluate the last epoch; return every epoch's record."""
         if self._unevaluated:
-            self.worker.request("evaluate", timeout=self._timeout)
+            self.request("evaluate")
             self._unevaluated = False
-        history = self.worker.request("history", timeout=self._timeout)["history"]
+        history = self.request("history")["history"]
         return [EpochRecord.from_dict(record, f"history[{i}]") for i, record in enumerate(history)]

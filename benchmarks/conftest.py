@@ -36,6 +36,7 @@ import pytest
 
 from impls import registry
 from impls.data import DataError, load_fashion_mnist, to_float32
+from impls.figures import PREDICTION_COUNT
 from impls.results import SCHEMA
 
 SETTINGS_KEY = pytest.StashKey[bench_options.Settings]()
@@ -159,7 +160,7 @@ def dataset(pytestconfig: pytest.Config, settings: bench_options.Settings):
         data = load_fashion_mnist(settings.data_dir)
     except DataError as error:
         pytest.fail(f"the benchmarks need Fashion-MNIST: {error}", pytrace=False)
-    count = bench_cases.PREDICTION_COUNT
+    count = PREDICTION_COUNT
     sample = data.test_images[:count]
     pytestconfig.stash[STATE_KEY]["sample"] = {
         "images_uint8_base64": base64.b64encode(np.ascontiguousarray(sample).tobytes()).decode(),

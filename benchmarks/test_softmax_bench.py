@@ -16,6 +16,7 @@ import bench_workers
 import pytest
 from bench_options import Settings
 
+from impls.figures import PREDICTION_COUNT
 from impls.results import GROUPS, ComputeFloor, ReadLimit, TrainingResult, to_extra_info
 
 # A test that skips or fails before timing anything is reported as such, not warned about.
@@ -70,8 +71,8 @@ def test_compute_floor(benchmark, settings: Settings, dataset) -> None:
     benchmark.extra_info.update(to_extra_info(result))
 
 
-def _memory(worker: bench_workers.Worker) -> dict:
-    info = worker.request("info")
+def _memory(epochs: bench_workers.EpochRequests) -> dict:
+    info = epochs.request("info")
     return {
         "peak_rss_bytes": info["peak_rss_bytes"],
         "peak_rss_children_bytes": info["peak_rss_children_bytes"],
@@ -114,14 +115,14 @@ def _measure(
         "import_seconds": build["import_seconds"],
         "warmup_epochs": warmup,
     }
-    return worker, fields
+    return epochs, fields
 
 
 def test_epoch(
     benchmark, settings: Settings, workers: bench_workers.WorkerPool, epoch_case: bench_cases.Case
 ) -> None:
     """Steady-state epoch time: epoch 1 is warm-up, epochs 2..E the timed rounds."""
-    worker, fields = _measure(
+    epochs, fields = _measure(
         benchmark,
         settings,
         epoch_case,
@@ -130,12 +131,12 @@ def test_epoch(
         rounds=settings.epochs - 1,
         evaluate_each=True,
     )
-    predictions = worker.request("predict", count=bench_cases.PREDICTION_COUNT)["predictions"]
+    predictions = epochs.request("predict", count=PREDICTION_COUNT)["predictions"]
     result = TrainingResult(
         **fields,
         target_accuracy=settings.target_accuracy,
         predictions=predictions,
-        **_memory(worker),
+        **_memory(epochs),
     )
     benchmark.extra_info.update(to_extra_info(result))
     assert len(result.history) == settings.epochs

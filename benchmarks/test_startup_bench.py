@@ -48,17 +48,21 @@ def _startup_info(case: bench_cases.StartupCase, what: str, **details: object) -
     return to_extra_info(result)
 
 
-def _start_case(benchmark, case) -> None:
-    """Put ``case`` in its group; skip it when its implementation cannot run here."""
+def _start_case(benchmark, case, workers: bench_workers.WorkerPool) -> None:
+    """Put ``case`` in its group; skip it when its implementation cannot run here, and fail
+    it at once when its implementation hung earlier in the run."""
     benchmark.group = case.group
     reason = bench_workers.missing_reason(case.impl) if case.impl != "data" else None
     if reason:
         pytest.skip(f"{case.impl}: {reason}")
+    why = workers.broken.get((case.impl, case.device))
+    if why is not None:
+        pytest.fail(f"{case.impl} on {case.device} not tried again: it hung earlier ({why})")
 
 
-def test_load_from_cache(benchmark, settings: Settings, dataset, load_case) -> None:
+def test_load_from_cache(benchmark, settings: Settings, dataset, workers, load_case) -> None:
     """The four files from the cache, verified: what every run pays before training."""
-    _start_case(benchmark, load_case)
+    _start_case(benchmark, load_case, workers)
     data = benchmark.pedantic(
         load_fashion_mnist,
         args=(settings.data_dir,),
@@ -77,10 +81,10 @@ def test_load_from_cache(benchmark, settings: Settings, dataset, load_case) -> N
     assert data.num_train == dataset.num_train
 
 
-def test_cli_train(benchmark, settings: Settings, dataset, cli_case, tmp_path) -> None:
+def test_cli_train(benchmark, settings: Settings, dataset, workers, cli_case, tmp_path) -> None:
     """``fmbench train IMPL``, a fresh process each round, as a user runs it."""
     case = cli_case
-    _start_case(benchmark, case)
+    _start_case(benchmark, case, workers)
     arguments = ["train", case.impl, "--quiet", "--threads", str(case.threads)]
     if settings.data_dir:
         arguments += ["--data-dir", str(settings.data_dir)]
@@ -125,10 +129,12 @@ def _summary_line(stdout: str) -> str:
     return next((line for line in lines if "final test accuracy" in line), fallback)
 
 
-def test_compile(benchmark, settings: Settings, dataset, compile_case, tmp_path_factory) -> None:
+def test_compile(
+    benchmark, settings: Settings, dataset, workers, compile_case, tmp_path_factory
+) -> None:
     """Trainer build (compilation) plus the first epoch, with a cold or a warm cache."""
     case = compile_case
-    _start_case(benchmark, case)
+    _start_case(benchmark, case, workers)
     cold = case.name == "compile-cold"
     root = tmp_path_factory.mktemp(f"{case.impl}-compile-cache")
     config = {"device": case.device, "threads": case.threads, "batch_size": settings.batch_size}
@@ -144,7 +150,11 @@ def test_compile(benchmark, settings: Settings, dataset, compile_case, tmp_path_
             timeout=settings.worker_timeout,
             env={bench_cases.COMPILE_CACHE_ENV[case.impl]: str(cache_dir)},
         )
-        worker.request("load")  # the framework's import: not what this measures
+        try:
+            worker.request("load")  # the framework's import: not what this measures
+        except bench_workers.WorkerError:
+            worker.close()
+            raise
         return worker
 
     def setup() -> None:

@@ -6,9 +6,12 @@
     fmbench report FILES... (see ``impls.report``)
 
 Bad arguments exit with status 2 and one line on stderr, before any data is
-loaded (``--out`` included: it must be a folder we can write into); other
-failures (dataset, framework, divergence, memory, a write after training) exit
-with status 1 and one line. The history of a finished run is never lost: when
+loaded (``--out`` included: it must be a folder we can write into), except a
+device that is not available here: that one (still status 2) shows when the
+trainer is built, after the data is loaded, since asking JAX for its devices
+earlier would fix its thread pools before ``--threads`` could size them. Other
+failures (dataset, framework, divergence, memory, any other error raised while
+training, a write after training) exit with status 1 and one line. The history of a finished run is never lost: when
 ``--out`` cannot take it after all, it goes to the system's temporary folder,
 or to stdout, and the line says where.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from impls import registry
 from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import DataDirError, DataError, fetch, load_fashion_mnist
+from impls.protocol import DeviceUnavailableError
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -168,7 +172,12 @@ def _rescue(text: str) -> str:
 
 def _write_outputs(history, trainer, data, out: Path) -> None:
     """history.json first (the results), then the figures; each file whole or not at all."""
-    from impls.figures import plot_predictions, plot_training_curves, write_atomically
+    from impls.figures import (
+        PREDICTION_COUNT,
+        plot_predictions,
+        plot_training_curves,
+        write_atomically,
+    )
 
     text = json.dumps(history.as_dict(), indent=2)
     path = out / "history.json"
@@ -177,7 +186,7 @@ def _write_outputs(history, trainer, data, out: Path) -> None:
     except OSError as error:
         reason = error.strerror or error
         raise RunFailure(f"could not write {path} ({reason}); {_rescue(text)}") from None
-    predictions = trainer.predict(data.test_images[:18])
+    predictions = trainer.predict(data.test_images[:PREDICTION_COUNT])
     try:
         curves = plot_training_curves(history, out / "curves.png")
         grid = plot_predictions(
@@ -227,8 +236,10 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -
 
     try:
         history, trainer = registry.train(args.impl, data, config, callbacks=[report_epoch])
-    except ValueError as error:  # e.g. a device that is not present
+    except (DeviceUnavailableError, ConfigError) as error:
         raise UsageError(str(error)) from None
+    except ValueError as error:  # a framework's or a check's, raised while training
+        raise RunFailure(f"{args.impl} failed: {' '.join(str(error).split())}") from None
     except MemoryError:
         raise RunFailure(
             f"out of memory training {args.impl} with batch size {config.batch_size}: "

@@ -18,6 +18,8 @@ import numpy as np
 
 from impls.data import class_names
 
+PREDICTION_COUNT = 18  # test images in a predictions grid: the CLI's and the report's
+
 if TYPE_CHECKING:
     from impls.training import History
 
@@ -61,7 +63,7 @@ def plot_predictions(
     labels: Sequence[int] | np.ndarray,
     predictions: Sequence[int] | np.ndarray,
     path: str | Path,
-    count: int = 18,
+    count: int = PREDICTION_COUNT,
     columns: int = 6,
 ) -> Path:
     """The first ``count`` images titled "true / predicted", wrong ones in red (``predict_ch3``)."""

@@ -41,10 +41,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from impls import registry
 from impls.config import usable_cores
 from impls.data import default_cache_dir
+from impls.protocol import DeviceUnavailableError
 
-CACHE_DIR_ENV = "FMBENCH_JAX_CACHE_DIR"
+CACHE_DIR_ENV = registry.get("jax").compile_cache_env
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what available_devices() reports, when present
 GPU_PLATFORMS = ("cuda", "rocm")  # what device "gpu" means: the first of these present
 _CACHE_EVENTS = ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses")
@@ -175,14 +177,15 @@ def available_devices() -> list[str]:
 
 
 def select_device(name: str) -> jax.Device:
-    """The first device of platform ``name`` (or ``gpu``), or a ValueError naming those present."""
+    """The first device of platform ``name`` (or ``gpu``), else a DeviceUnavailableError
+    naming the platforms present."""
     wanted = name.lower()
     present = present_platforms()
     candidates = GPU_PLATFORMS if wanted == "gpu" else (wanted,)
     for platform in candidates:
         if platform in present:
             return jax.devices(platform)[0]
-    raise ValueError(
+    raise DeviceUnavailableError(
         f"JAX has no {name!r} device here; platforms present: {', '.join(present) or 'none'} "
         f"(known: {', '.join(PLATFORMS)}, and gpu for any GPU)"
     )
@@ -217,7 +220,8 @@ def _choose_cache() -> dict[str, Any]:
     except OSError as error:
         return {"compilation_cache_dir": None, "compilation_cache_set_by": f"off: {error}"}
     jax.config.update("jax_compilation_cache_dir", str(path))
-    # this program compiles in about a second: cache it whatever its compile time and size
+    # JAX's defaults cache only programs above a compile time and a size, which a small
+    # program can fall under: a warm start must find every program, so cache them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return {

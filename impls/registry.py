@@ -42,6 +42,8 @@ class Implementation:
     extra: str  # the pip extra that installs them
     summary: str
     follows_shared_order: bool = True
+    # The environment variable naming its persistent compilation cache, if it keeps one.
+    compile_cache_env: str | None = None
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -96,6 +98,7 @@ REGISTRY: dict[str, Implementation] = {
             ("jax", "optax"),
             "jax",
             "JAX jit + optax, whole epochs compiled with lax.scan",
+            compile_cache_env="FMBENCH_JAX_CACHE_DIR",
         ),
         Implementation(
             "d2l-reference",
@@ -130,13 +133,21 @@ def available_devices(name: str) -> list[str]:
     return list(get(name).load().available_devices())
 
 
+def build_trainer(
+    name: str, data: FashionMNIST, config: TrainConfig
+) -> tuple[Trainer, TrainConfig]:
+    """Implementation ``name`` built from the shared initial parameters, and its settings.
+
+    ``config`` is resolved here, once (``threads=None`` becomes the usable cores):
+    ``fmbench train`` and the benchmark worker both build through this.
+    """
+    config = config.resolved()
+    return make_trainer(name, data, init_params(config), config), config
+
+
 def train(
     name: str, data: FashionMNIST, config: TrainConfig, *, callbacks: Sequence[Callback] = ()
 ) -> tuple[History, Trainer]:
-    """Build implementation ``name`` from the shared initial parameters and ``fit`` it.
-
-    ``config`` is resolved here, once (``threads=None`` becomes the usable cores).
-    """
-    config = config.resolved()
-    trainer = make_trainer(name, data, init_params(config), config)
+    """Build implementation ``name`` (:func:`build_trainer`) and ``fit`` it."""
+    trainer, config = build_trainer(name, data, config)
     return fit(trainer, data, config, implementation=name, callbacks=callbacks), trainer

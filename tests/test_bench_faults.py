@@ -92,19 +92,23 @@ def test_a_failing_timed_command_keeps_every_other_result(tmp_path, real_data) -
     assert "test_cli_train[numpy-cpu-cli-train]" not in measured(document)
 
 
-def test_a_relative_data_dir_from_another_directory(tmp_path, real_data) -> None:
-    """``--data-dir fashion-files`` given from elsewhere reaches the workers and the commands."""
+@pytest.mark.parametrize("given_as", ["option", "variable"])
+def test_a_relative_data_dir_from_another_directory(tmp_path, real_data, given_as) -> None:
+    """A relative data directory given from elsewhere reaches the workers and the commands."""
     data = tmp_path / "fashion-files"  # a name the repository root does not have
     data.mkdir()
     for source in real_data.sources:
         (data / Path(source).name).symlink_to(source)
+    where = ["--data-dir", data.name] if given_as == "option" else []
+    env = dict(os.environ, FMBENCH_DATA_DIR=data.name) if given_as == "variable" else None
     result, document = run_bench(
-        tmp_path, "--impl", "numpy", "--quick", "--no-sweeps", "--data-dir", data.name,
-        "-k", "test_epoch or cli_train", cwd=tmp_path,
+        tmp_path, "--impl", "numpy", "--quick", "--no-sweeps", *where,
+        "-k", "test_epoch or cli_train", cwd=tmp_path, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {"test_epoch[numpy-cpu]", "test_cli_train[numpy-cpu-cli-train]"} <= measured(document)
-    assert document["fmbench"]["settings"]["data_dir"] == str(data.resolve())
+    if given_as == "option":
+        assert document["fmbench"]["settings"]["data_dir"] == str(data.resolve())
 
 
 HANGING_IMPLEMENTATION = """
@@ -153,9 +157,26 @@ if os.environ.get("FMBENCH_TEST_HANGING"):
     from impls import registry
 
     registry.REGISTRY["hang"] = registry.Implementation(
-        "hang", "fmbench_hang", (), "numpy", "hangs in its first timed epoch"
+        "hang", "fmbench_hang", (), "numpy", "hangs in its first timed epoch",
+        compile_cache_env="FMBENCH_HANG_CACHE",  # so that it has compile start-up cases too
+    )
+    registry.REGISTRY["stall"] = registry.Implementation(
+        "stall", "fmbench_stall", (), "numpy", "never finishes importing"
     )
 """
+
+STALLING_IMPORT = """
+import time
+
+time.sleep(3600)
+"""
+
+
+def _inject_hanging(directory: Path) -> None:
+    """Put the hanging implementations and the module registering them in ``directory``."""
+    (directory / "fmbench_hang.py").write_text(textwrap.dedent(HANGING_IMPLEMENTATION))
+    (directory / "fmbench_stall.py").write_text(textwrap.dedent(STALLING_IMPORT))
+    (directory / "sitecustomize.py").write_text(textwrap.dedent(REGISTER_HANGING))
 
 
 def _worker_processes(marker: str) -> list[str]:
@@ -171,12 +192,11 @@ def _worker_processes(marker: str) -> list[str]:
 
 def test_a_hung_implementation_fails_fast_and_is_not_tried_again(tmp_path, real_data) -> None:
     """A hang costs one epoch timeout, not the worker timeout for every case of the run."""
-    (tmp_path / "fmbench_hang.py").write_text(textwrap.dedent(HANGING_IMPLEMENTATION))
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(REGISTER_HANGING))
+    _inject_hanging(tmp_path)
     start = time.monotonic()
     result, document = run_bench(
         tmp_path,
-        "--impl", "numpy", "--impl", "hang", "--quick", "--no-startup",
+        "--impl", "numpy", "--impl", "hang", "--quick",
         "--batch-sizes", "64,256", "--sweep-threads", "1,2",
         "--epoch-timeout-min", "2", "--epoch-timeout-factor", "5",
         env=with_pythonpath(tmp_path, FMBENCH_TEST_HANGING="1"),
@@ -185,12 +205,32 @@ def test_a_hung_implementation_fails_fast_and_is_not_tried_again(tmp_path, real_
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     tests = outcomes(document)
     hang = {name: test for name, test in tests.items() if "[hang-" in name}
-    assert len(hang) == 5 and all(test["outcome"] == "failed" for test in hang.values())
+    # The main run, 2 batch sizes, 2 thread counts, and the cold and warm compile start-ups.
+    assert len(hang) == 7 and all(test["outcome"] == "failed" for test in hang.values())
     assert "no answer to 'train' within 2 s" in hang["test_epoch[hang-cpu]"]["reason"]
     later = [test for name, test in hang.items() if name != "test_epoch[hang-cpu]"]
     assert all("not tried again: it hung earlier" in test["reason"] for test in later)
     numpy = {name for name in tests if "[numpy-" in name}
-    assert len(numpy) == 5 and numpy <= measured(document)
+    assert len(numpy) == 6 and numpy <= measured(document)  # with its cli-train start-up
     # One 2 s epoch timeout in all, not one per case: well under the worker timeout.
     assert elapsed < 120
     assert _worker_processes("--impl hang") == [], "a hung worker was left running"
+
+
+def test_a_worker_that_hangs_while_starting_is_not_started_again(tmp_path, real_data) -> None:
+    """A hang before any epoch (here: the import) is bounded by --worker-timeout, once."""
+    _inject_hanging(tmp_path)
+    start = time.monotonic()
+    result, document = run_bench(
+        tmp_path, "--impl", "stall", "--quick", "--no-startup", "--worker-timeout", "3",
+        env=with_pythonpath(tmp_path, FMBENCH_TEST_HANGING="1"),
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    tests = {name: test for name, test in outcomes(document).items() if "[stall-" in name}
+    assert len(tests) == 6 and all(test["outcome"] == "failed" for test in tests.values())
+    assert "no answer to 'load' within 3 s" in tests["test_epoch[stall-cpu]"]["reason"]
+    later = [test for name, test in tests.items() if name != "test_epoch[stall-cpu]"]
+    assert all("not tried again: it hung earlier" in test["reason"] for test in later)
+    assert elapsed < 60  # one 3 s timeout, not one per case
+    assert _worker_processes("--impl stall") == [], "a hung worker was left running"
