@@ -11,6 +11,7 @@ schema-1 runs in ``reports/reference/`` are checked the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -22,6 +23,8 @@ pytest.importorskip("tabulate")
 pytest.importorskip("matplotlib")
 
 from impls import report, results
+from impls.report import frame as results_frame
+from impls.report import markdown as report_text
 from impls.report import previous as previous_runs
 from impls.report import runs as run_loading
 from impls.report.tables import startup_table
@@ -69,7 +72,7 @@ def _history(median: float, epochs: int, evaluated: bool = True) -> list[EpochRe
     ]
 
 
-def _nodeid(test: str, param: str) -> str:
+def bench_nodeid(test: str, param: str) -> str:
     return f"benchmarks/test_softmax_bench.py::{test}[{param}]"
 
 
@@ -98,7 +101,7 @@ def _training(kind: str, impl: str, median: float, *, threads=2, batch_size=256)
 
 
 def _epoch_entry(impl: str, median: float, iqr: float = 0.0) -> dict:
-    nodeid = _nodeid("test_epoch", f"{impl}-cpu")
+    nodeid = bench_nodeid("test_epoch", f"{impl}-cpu")
     return _entry(nodeid, _training("epoch", impl, median), _stats(median, iqr))
 
 
@@ -112,7 +115,7 @@ def _sweep_entry(impl: str, kind: str, value: int, median: float) -> dict:
         threads=value if kind == "threads" else 2,
         batch_size=value if kind == "batch" else 256,
     )
-    return _entry(_nodeid(test, param), case, _stats(median, median / 50, rounds=5))
+    return _entry(bench_nodeid(test, param), case, _stats(median, median / 50, rounds=5))
 
 
 STARTUP_TESTS = {"load-cache": "test_load_from_cache", "cli-train": "test_cli_train"}
@@ -156,7 +159,9 @@ def make_run(
     limit = ReadLimit(bytes=NUM_TRAIN * 784 * 4, threads=2, what="np.sum")
     compute = ComputeFloor(threads=2, flops_per_call=2 * 2048**3, epoch_flops=4 * NUM_TRAIN * 7840)
     benchmarks = [
-        _entry(_nodeid("test_read_limit", "2"), limit, _stats(LIMIT_MEDIAN, LIMIT_MEDIAN / 20, 30)),
+        _entry(
+            bench_nodeid("test_read_limit", "2"), limit, _stats(LIMIT_MEDIAN, LIMIT_MEDIAN / 20, 30)
+        ),
         _epoch_entry("numpy", numpy_median, numpy_iqr),
         _epoch_entry("d2l-reference", BASELINE_MEDIAN, 0.2),
     ]
@@ -164,7 +169,7 @@ def make_run(
     benchmarks += [_sweep_entry("numpy", "threads", n, numpy_median * 2 / n) for n in (1, 2)]
     benchmarks += _startup_entries(compile_warm_median)
     benchmarks.append(
-        _entry(_nodeid("test_compute_floor", "2"), compute, _stats(COMPUTE_MEDIAN, 0.0008, 30))
+        _entry(bench_nodeid("test_compute_floor", "2"), compute, _stats(COMPUTE_MEDIAN, 0.0008, 30))
     )
     tests = [
         {"nodeid": b["fullname"], "kind": b["extra_info"]["kind"], "outcome": "passed",
@@ -173,12 +178,13 @@ def make_run(
     ]  # fmt: skip
     if skipped:
         tests.append(
-            {"nodeid": _nodeid("test_epoch", "jax-cpu"), "kind": "epoch", "impl": "jax",
+            {"nodeid": bench_nodeid("test_epoch", "jax-cpu"), "kind": "epoch", "impl": "jax",
              "device": "cpu", "outcome": "skipped", "reason": "jax: framework missing: needs jax"}
         )  # fmt: skip
         tests.append(
-            {"nodeid": _nodeid("test_epoch", "torch-nn-cpu"), "kind": "epoch", "impl": "torch-nn",
-             "device": "cpu", "outcome": "failed", "reason": "WorkerError: torch-nn: boom"}
+            {"nodeid": bench_nodeid("test_epoch", "torch-nn-cpu"), "kind": "epoch",
+             "impl": "torch-nn", "device": "cpu", "outcome": "failed",
+             "reason": "WorkerError: torch-nn: boom"}
         )  # fmt: skip
     return {
         "machine_info": {
@@ -313,6 +319,7 @@ def test_report_from_a_valid_run(tmp_path: Path, out_dir: Path) -> None:
         assert f"figures/{name}" in markdown
     assert not (out_dir / "figures" / "predictions.png").exists()  # the run has no sample
     assert not list(tmp_path.glob(".reports.tmp-*")), "the staging directory is removed"
+    assert markdown.count("under a millisecond") == 1  # the request's cost, in the Method only
 
 
 def test_results_frame_numbers(tmp_path: Path) -> None:
@@ -354,6 +361,46 @@ def test_compute_floor_and_limit_sentences(tmp_path: Path) -> None:
     assert f"{number(0.5 / floor['floor_s'])}×" in text  # numpy, the fastest
     gigabytes = expected(find(document, "limit"))["gigabytes_per_s"]
     assert f"{number(1000 * LIMIT_MEDIAN)} ms ({number(gigabytes)} GB/s" in text
+
+
+def test_speedup_against_the_cpu_baseline_is_marked(tmp_path: Path) -> None:
+    """A cuda row on a machine whose baseline ran on the CPU only: its speed-up is against
+    the CPU baseline, and the cell and the text say so; the CPU rows are not marked."""
+    document = make_run()
+    nodeid = bench_nodeid("test_epoch", "torch-nn-cuda")
+    case = dataclasses.replace(_training("epoch", "torch-nn", 0.05), device="cuda")
+    document["benchmarks"].append(_entry(nodeid, case, _stats(0.05, 0.001)))
+    document["fmbench"]["tests"].append(
+        {"nodeid": nodeid, "kind": "epoch", "impl": "torch-nn", "device": "cuda",
+         "outcome": "passed", "reason": ""}
+    )  # fmt: skip
+    path = write(tmp_path / "run.json", document)
+    frame = report.results_frame(report.load_runs([path]))
+    cuda = frame[frame["device"] == "cuda"].iloc[0]
+    assert cuda["speedup_vs_baseline"] == pytest.approx(BASELINE_MEDIAN / 0.05)
+    assert cuda["speedup_baseline_device"] == "cpu"
+    text = report.build_report([path], tmp_path / "out").read_text()
+    (row,) = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| torch-nn ") and " cuda " in line and f" {number(0.05)} (" in line
+    ]
+    assert f"| {number(BASELINE_MEDIAN / 0.05)}× (vs cpu baseline) " in row
+    assert text.count("(vs cpu baseline)") == 2  # the cuda row, and the text under the table
+    assert "did not run on a row's device, against its CPU median instead" in text
+
+
+def test_sweeps_state_what_they_held_fixed_as_they_ran(tmp_path: Path) -> None:
+    """The thread sweep ran at batch size 128, which the run's settings do not record."""
+    document = make_run()
+    del document["fmbench"]["settings"]["batch_size"]
+    for benchmark in document["benchmarks"]:
+        if benchmark["extra_info"]["kind"] == "threads":
+            benchmark["extra_info"]["batch_size"] = 128
+    text = report.build_report([write(tmp_path / "r.json", document)], tmp_path / "o").read_text()
+    assert "training examples per second. At batch size 128.\n" in text
+    assert "training examples per second. At 2 threads.\n" in text  # the batch sweep's
+    assert "| 1 thread " in text and "| 2 threads " in text  # the thread sweep's columns
 
 
 def test_startup_table(tmp_path: Path) -> None:
@@ -468,6 +515,44 @@ def test_previous_run_from_another_machine_is_marked(tmp_path: Path) -> None:
     )
     assert previous_runs.pair_previous([a], [b]) == {0: (b, False)}  # one each: compared
     assert previous_runs.pair_previous([a, b2], [b]) == {1: (b, True)}  # else by machine
+
+
+def test_a_run_is_never_compared_with_itself(tmp_path: Path, capsys) -> None:
+    """The same file, or a copy with the same run_id, is left out before the fallback that
+    pairs one run with one run from another machine; runs without a run_id are told apart
+    by their file."""
+    path = write(tmp_path / "run.json", make_run(run_id="same"))
+    run, again = report.load_run(path), report.load_run(path)
+    copy = report.load_run(write(tmp_path / "copy.json", make_run("box-b", run_id="same")))
+    assert previous_runs.pair_previous([run], [again]) == {}
+    assert previous_runs.pair_previous([run], [copy]) == {}
+    old, new = (
+        report.load_run(write(tmp_path / f"{name}.json", make_run(run_id=None, when=when)))
+        for name, when in (("old", "2026-01-01T00:00:00"), ("new", "2026-01-02T00:00:00"))
+    )
+    assert previous_runs.pair_previous([new], [old]) == {0: (old, True)}
+    assert report.find_previous(new, [old, new]) is old
+    out = tmp_path / "out"
+    assert report.main([str(path), "--previous", str(path), "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert "from another machine" not in text and "Δ vs previous" not in text
+
+
+def test_previous_runs_are_paired_once(tmp_path: Path, monkeypatch) -> None:
+    """The report pairs each run with its previous run once, and the frame uses that."""
+    before = write(tmp_path / "before.json", make_run(run_id="old"))
+    after = write(tmp_path / "after.json", make_run(run_id="new", when="2026-01-05T10:00:00"))
+    calls = []
+    real = previous_runs.pair_previous
+
+    def counted(runs, previous):
+        calls.append(len(runs))
+        return real(runs, previous)
+
+    monkeypatch.setattr(results_frame, "pair_previous", counted)
+    monkeypatch.setattr(report_text, "pair_previous", counted)
+    markdown = report.build_report([after], tmp_path / "out", previous=before).read_text()
+    assert calls == [1] and "Δ vs previous" in markdown
 
 
 def _storage(tmp_path: Path) -> Path:

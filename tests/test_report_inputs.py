@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ pytest.importorskip("pandas")
 pytest.importorskip("tabulate")
 pytest.importorskip("matplotlib")
 
-from test_report import _nodeid, earlier_report, find, make_run, snapshot, write
+from test_report import bench_nodeid, earlier_report, find, make_run, snapshot, write
 
 from impls import report, results
 from impls.report.text import number
@@ -189,7 +191,7 @@ def test_missing_benchmark_entry(tmp_path: Path, out_dir: Path) -> None:
 def test_failed_test_with_timing_is_not_reported_as_measured(tmp_path: Path) -> None:
     """pytest-benchmark keeps an entry whose test failed after timing: list it as failed."""
     document = make_run()
-    nodeid = _nodeid("test_epoch", "numpy-cpu")
+    nodeid = bench_nodeid("test_epoch", "numpy-cpu")
     for test in document["fmbench"]["tests"]:
         if test["nodeid"] == nodeid:
             test.update(outcome="failed", reason="AssertionError: accuracy out of range")
@@ -328,3 +330,51 @@ def test_machine_facts_an_older_file_lacks_are_optional(tmp_path: Path, absent: 
         del document["machine_info"]["fmbench"][absent]
     markdown = report.build_report([write(tmp_path / "r.json", document)], tmp_path / "out")
     assert "## Machine" in markdown.read_text()
+
+
+def test_tests_that_name_the_implementation_the_older_way(tmp_path: Path) -> None:
+    """Older files call a test's implementation ``implementation``, not ``impl``: the
+    notes on its own minibatch order and on the sweeps it was left out of still name it."""
+    document = make_run()
+    for test in document["fmbench"]["tests"]:
+        test["implementation"] = test.pop("impl")
+    markdown = report.build_report([write(tmp_path / "r.json", document)], tmp_path / "out")
+    text = markdown.read_text()
+    assert "- **Minibatch order**: d2l-reference shuffles with its own" in text
+    assert "- **Left out of the sweeps**: d2l-reference: too slow." in text
+
+
+# ------------------------------------------------------ the autosave folder
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.EIO, "Input/output error"),
+    ],
+    ids=["no-permission", "io-error"],
+)
+def test_a_saved_runs_folder_that_cannot_be_listed_is_passed_over(
+    tmp_path: Path, monkeypatch, error: OSError
+) -> None:
+    """A folder under ``.benchmarks`` that cannot be listed (faked: the tests run as root,
+    who can list anything) is passed over; the runs of the other folders are found."""
+    storage = tmp_path / ".benchmarks"
+    write(storage / "Linux-a" / "0001_a.json", make_run(run_id="a"))
+    write(storage / "Linux-b" / "0001_b.json", make_run(run_id="b"))
+    write(storage / "Linux-b" / "deeper" / "0002_b.json", make_run(run_id="b2"))
+    unreadable = storage / "Linux-b"
+    real = os.scandir
+
+    def scandir(path=".", *args):
+        if not isinstance(path, int) and Path(path) == unreadable:  # shutil passes fds
+            raise type(error)(error.errno, error.strerror, str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    saved = report.load_saved(storage)
+    assert [run.run_id for run in saved] == ["a"]
+    out = tmp_path / "out"
+    assert report.main(["--out", str(out), "--storage", str(storage)]) == 0
+    assert "`0001_a.json`" in (out / "README.md").read_text()

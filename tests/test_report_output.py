@@ -172,6 +172,41 @@ def test_no_room_for_the_staging_folder(
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("module", ["pandas", "tabulate", "matplotlib"])
+def test_a_missing_report_module_is_one_line(
+    tmp_path: Path, run_file: Path, capsys, monkeypatch, module: str
+) -> None:
+    """pandas, tabulate or matplotlib missing (imported when the report is rendered): status
+    2, one line naming the module and the install command, the earlier report left whole."""
+    out = earlier_report(tmp_path)
+    before = snapshot(out)
+    monkeypatch.setitem(sys.modules, module, None)  # 'import module' now raises ImportError
+    line = _main_fails(capsys, run_file, "--out", out, "--previous", "none")
+    assert f"needs {module}," in line and "pip install 'fmbench[bench]'" in line
+    assert snapshot(out) == before
+    _no_staging_left(tmp_path)
+
+
+def test_an_unexpected_error_while_rendering_leaves_out_as_it_was(
+    tmp_path: Path, run_file: Path, monkeypatch
+) -> None:
+    """A bug in the rendering (not a :class:`ReportError`) is raised as it is, after a
+    figure was drawn: nothing of it reaches OUT, and the staging folder is removed."""
+    out = earlier_report(tmp_path)
+    before = snapshot(out)
+
+    def half_rendered(runs, figures: Path, previous=()):
+        figures.mkdir()
+        (figures / "epoch_time.png").write_bytes(b"half-drawn")
+        raise RuntimeError("a bug while rendering")
+
+    monkeypatch.setattr(build, "render", half_rendered)
+    with pytest.raises(RuntimeError, match="a bug while rendering"):
+        report.main([str(run_file), "--out", str(out), "--previous", "none"])
+    assert snapshot(out) == before
+    _no_staging_left(tmp_path)
+
+
 # --------------------------------------------------- two builds at once
 
 

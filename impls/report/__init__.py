@@ -14,7 +14,8 @@ It is written atomically, after ``OUT`` and every input are checked (:mod:`.buil
 bad input or ``OUT`` is one line naming the file and the problem, and two builds into one
 ``OUT`` at once leave one whole report, its README with its own figures.
 pandas, tabulate and matplotlib are imported inside the functions: the core
-package needs only NumPy (``pip install 'fmbench[bench]'`` brings them).
+package needs only NumPy (``pip install 'fmbench[bench]'`` brings them; the command
+line says so in one line when one is missing).
 
 The result format (what each benchmark case records, and every number derived
 from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level sections

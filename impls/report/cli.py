@@ -11,6 +11,10 @@ from impls.report.build import build_report, check_out_dir
 from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, newest
 from impls.report.runs import ReportError, Run, label_runs, load_run, load_runs
 
+# Imported when the report is rendered, not at import time: the core package needs only NumPy.
+REPORT_MODULES = ("pandas", "tabulate", "matplotlib")
+INSTALL_HINT = "pip install 'fmbench[bench]'"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The argument parser of ``fmbench report``."""
@@ -82,6 +86,18 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
     return runs, previous
 
 
+def _missing(error: ImportError) -> str:
+    """The module ``error`` is about: its name, else the first of :data:`REPORT_MODULES` its
+    message (or its cause's) names (pandas says 'Import tabulate failed' without a name)."""
+    cause = error.__cause__
+    name = error.name or (cause.name if isinstance(cause, ImportError) else None)
+    if name:
+        return name.partition(".")[0]
+    text = f"{error} {cause or ''}"
+    first_line = (str(error) or type(error).__name__).splitlines()[0]
+    return next((module for module in REPORT_MODULES if module in text), f"a module ({first_line})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fmbench report``; returns 0, 1 (--fail-on-failures and a benchmark failed) or 2 (error)."""
     args = _parser().parse_args(argv)
@@ -91,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = build_report(runs, args.out, previous)
     except ReportError as error:
         print(f"fmbench report: error: {error}", file=sys.stderr)
+        return 2
+    except ImportError as error:  # nothing written: the report is staged, then moved in
+        print(
+            f"fmbench report: error: the report needs {_missing(error)}, which cannot be "
+            f"imported: {INSTALL_HINT}",
+            file=sys.stderr,
+        )
         return 2
     print(f"wrote {report}")
     failed = [

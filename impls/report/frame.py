@@ -76,6 +76,7 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "peak_rss_mib": None,
         "peak_rss_children_mib": None,
         "speedup_vs_baseline": None,
+        "speedup_baseline_device": None,
         "limit_multiple": None,
         "startup": None,
         "what": getattr(case, "what", None),
@@ -106,7 +107,11 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
     return row
 
 
-def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
+def results_frame(
+    runs: Sequence[Run],
+    previous: Sequence[Run] = (),
+    pairs: dict[int, tuple[Run, bool]] | None = None,
+):
     """Every measurement of every run as one numeric DataFrame (one row per benchmark).
 
     Columns: machine, run, kind, group, name, implementation, device, threads,
@@ -116,17 +121,21 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
     build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s
     and floor_s (the compute row: its rate, and an epoch's products at that
     rate); then the comparisons: speedup_vs_baseline (epoch rows: the
-    baseline's median on the same device / this median), limit_multiple (epoch
+    baseline's median on the same device, else on the CPU, / this median) and
+    speedup_baseline_device (the device of that baseline median: not the row's
+    own when the CPU baseline stood in), limit_multiple (epoch
     and limit rows: median / the limit's median), floor_multiple (epoch rows:
     median / floor_s), floor_limit_multiple (the compute row: floor_s / the
     limit's median) and, when a previous run matches, previous_median_s,
     delta_s, delta_pct, noise_s, verdict (:func:`compare`). Start-up rows give
     the median over their rounds of ``first_epoch_s``, ``build_s`` and
-    ``compile_s`` where they have them.
+    ``compile_s`` where they have them. ``pairs``: :func:`pair_previous` of
+    ``runs`` and ``previous``, when the caller has it already.
     """
     import pandas as pd
 
-    pairs = pair_previous(runs, previous)
+    if pairs is None:
+        pairs = pair_previous(runs, previous)
     rows = []
     for index, run in enumerate(runs):
         limit, compute = run.limit, run.compute
@@ -140,9 +149,10 @@ def results_frame(runs: Sequence[Run], previous: Sequence[Run] = ()):
         for entry in run.entries:
             row = _row(run, index, entry)
             if entry.kind == "epoch":
-                baseline = baselines.get(entry.case.device, baselines.get("cpu"))
-                if baseline is not None:
-                    row["speedup_vs_baseline"] = baseline / entry.median
+                device = entry.case.device if entry.case.device in baselines else "cpu"
+                if device in baselines:  # else no baseline on this machine
+                    row["speedup_vs_baseline"] = baselines[device] / entry.median
+                    row["speedup_baseline_device"] = device
                 if floor is not None:
                     row["floor_multiple"] = entry.median / floor
             if entry.kind in ("epoch", "limit") and limit is not None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from impls.config import TrainConfig
 from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, results_frame
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
@@ -15,6 +16,7 @@ from impls.report.tables import (
     machine_table,
     main_table,
     noise_table,
+    other_baseline_device,
     settings_table,
     startup_table,
     sweep_table,
@@ -146,11 +148,11 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     registry: dict[str, RegistryEntry] = {}
     for run in runs:
         registry.update(run.fmbench.registry or {})
-    present = {test.impl for run in runs for test in run.tests()}
+    benchmarked = {test.name for run in runs for test in run.tests()}
     own_order = sorted(
         name
         for name, entry in registry.items()
-        if name in present and not entry.follows_shared_order
+        if name in benchmarked and not entry.follows_shared_order
     )
     if own_order:
         text = (
@@ -174,7 +176,7 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
             "settings a framework fixes at start-up (XLA's thread pools) are honoured."
         )
         excluded = first.fmbench.sweep_excluded or {}
-        excluded = {name: why for name, why in excluded.items() if name in present}
+        excluded = {name: why for name, why in excluded.items() if name in benchmarked}
         if excluded:
             reasons = "; ".join(f"{name}: {why}" for name, why in excluded.items())
             lines.append(f"- **Left out of the sweeps**: {reasons}.")
@@ -209,9 +211,9 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
 
 def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> str:
     """Write the figures into ``figures`` and return the Markdown text."""
-    frame = results_frame(runs, previous)
-    multi = len(runs) > 1
     pairs = pair_previous(runs, previous)
+    frame = results_frame(runs, previous, pairs)
+    multi = len(runs) > 1
     with_delta = bool(pairs)
     targets = {case.target_accuracy for run in runs for _, case in run.trained("epoch")} or {
         run.settings.target_accuracy for run in runs
@@ -221,7 +223,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     lines = ["# fmbench: softmax regression on Fashion-MNIST, side by side", ""]
     lines.append(
         f"Report generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
-        f"{len(runs)} run{'s' if multi else ''}:"
+        f"{plural(len(runs), 'run')}:"
     )
     lines += [_run_line(run) for run in runs]
     lines.append("")
@@ -245,8 +247,9 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         lines.append("")
         lines.append(
             "Epoch: median seconds per training epoch (IQR in brackets). Speed-up: "
-            f"{BASELINE}'s median / this median, same machine and device. × limit: this "
-            "median / the time to read the float32 training set once."
+            f"{BASELINE}'s median / this median, same machine and device"
+            + _other_device_text(frame)
+            + ". × limit: this median / the time to read the float32 training set once."
         )
         lines.append("")
 
@@ -322,12 +325,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
             continue
         lines += [f"## {title}", ""]
         lines.append(
-            "Median seconds per epoch (IQR in brackets) · training examples per second."
-            + (
-                f" At {runs[0].settings.threads or '?'} threads."
-                if kind == "batch"
-                else f" At batch size {runs[0].settings.batch_size or 256}."
-            )
+            "Median seconds per epoch (IQR in brackets) · training examples per second. "
+            + _held_fixed(runs, frame, kind)
         )
         lines += ["", markdown_table(table), ""]
 
@@ -340,6 +339,32 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     lines += _notes(runs, frame, previous_lines)
     lines.append("")
     return "\n".join(lines)
+
+
+def _other_device_text(frame) -> str:
+    """The speed-up's exception, where a row has one: a device the baseline did not run on
+    (the frame then takes the baseline's CPU median)."""
+    epochs = frame[frame["kind"] == "epoch"]
+    if not any(other_baseline_device(row) for _, row in epochs.iterrows()):
+        return ""
+    return (
+        f"; where {BASELINE} did not run on a row's device, against its CPU median instead, "
+        "marked *(vs cpu baseline)*"
+    )
+
+
+def _held_fixed(runs: Sequence[Run], frame, kind: str) -> str:
+    """What a sweep holds fixed, as its rows ran: the thread count of the batch sweep, the
+    batch size of the thread sweep (else the run's settings, else TrainConfig's default)."""
+    column = "threads" if kind == "batch" else "batch_size"
+    ran = sorted({int(value) for value in frame[frame["kind"] == kind][column] if present(value)})
+    if kind == "threads":
+        sizes = ran or [runs[0].settings.batch_size or TrainConfig.batch_size]
+        return f"At batch size {' / '.join(map(str, sizes))}."
+    threads = ran or [runs[0].settings.threads]
+    if len(threads) == 1 and threads[0]:
+        return f"At {plural(threads[0], 'thread')}."
+    return f"At {' / '.join(str(value or '?') for value in threads)} threads."
 
 
 def _floor_lines(runs: Sequence[Run], frame, multi: bool) -> list[str]:

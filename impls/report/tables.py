@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
-from impls.report.text import number, present
+from impls.report.text import number, plural, present
 from impls.run_info import LoadAverage, OtherCpuUse, RegistryEntry
 
 NOISY_IQR_FRACTION = 0.10  # IQR/median above this: the row is marked noisy
@@ -26,6 +26,25 @@ def _delta_text(row) -> str:
     if row["verdict"] == "improvement":
         return f"{text} ▼ faster"
     return f"{text} (noise)"
+
+
+def _speedup_text(row) -> str:
+    """The *speed-up* cell of an epoch row, marked when the baseline ran on another device."""
+    speedup = row["speedup_vs_baseline"]
+    if not present(speedup):
+        return "—"
+    text = f"{number(speedup)}×"
+    if row["implementation"] == BASELINE:
+        return text + " (baseline)"
+    if other_baseline_device(row):
+        text += f" (vs {row['speedup_baseline_device']} baseline)"
+    return text
+
+
+def other_baseline_device(row) -> bool:
+    """Whether a row's speed-up is against the baseline on another device (the CPU's)."""
+    device = row.get("speedup_baseline_device")
+    return present(device) and device != row["device"]
 
 
 # ---------------------------------------------------------------- the tables
@@ -55,13 +74,7 @@ def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | N
             if is_limit or not present(row["examples_per_s"])
             else f"{row['examples_per_s']:,.0f}"
         )
-        speedup = row["speedup_vs_baseline"]
-        record[f"speed-up vs {BASELINE}"] = (
-            "—"
-            if not present(speedup)
-            else f"{number(speedup)}×"
-            + (" (baseline)" if row["implementation"] == BASELINE else "")
-        )
+        record[f"speed-up vs {BASELINE}"] = _speedup_text(row)
         record["× limit"] = (
             "—" if not present(row["limit_multiple"]) else f"{number(row['limit_multiple'])}×"
         )
@@ -95,9 +108,7 @@ def sweep_table(frame, kind: str, *, with_machine: bool):
         medians = {}
         for value in values:
             cell = group[group[axis] == value]
-            label = (
-                f"batch {value}" if kind == "batch" else f"{value} thread{'s' if value > 1 else ''}"
-            )
+            label = f"batch {value}" if kind == "batch" else plural(value, "thread")
             if cell.empty:
                 record[label] = "—"
                 continue
