@@ -6,14 +6,15 @@
     fmbench report FILES... (see ``impls.report``)
 
 Bad arguments exit with status 2 and one line on stderr, before any data is
-loaded (``--out`` included: it must be a folder we can write into), except a
-device that is not available here: that one (still status 2) shows when the
-trainer is built, after the data is loaded, since asking JAX for its devices
-earlier would fix its thread pools before ``--threads`` could size them. Other
-failures (dataset, framework, divergence, memory, any other error raised while
-training, a write after training) exit with status 1 and one line. The history of a finished run is never lost: when
-``--out`` cannot take it after all, it goes to the system's temporary folder,
-or to stdout, and the line says where.
+loaded (``--out`` included: it must be a folder we can write into). One
+exception: a device that is not available here (status 2 as well) is found when
+the trainer is built, after the data is loaded, since JAX's device list cannot
+be asked for earlier without fixing its thread pools before ``--threads`` sizes
+them. Other failures (dataset, framework, divergence, memory, any other error
+raised while training, a write after training) exit with status 1 and one line.
+The history of a finished run is never lost: when ``--out`` cannot take it
+after all, it goes to the system's temporary folder, or to stdout, and the line
+says where.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from impls import registry
 from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import DataDirError, DataError, fetch, load_fashion_mnist
+from impls.files import write_atomically
 from impls.protocol import DeviceUnavailableError
 
 USAGE_ERROR = 2
@@ -172,12 +174,7 @@ def _rescue(text: str) -> str:
 
 def _write_outputs(history, trainer, data, out: Path) -> None:
     """history.json first (the results), then the figures; each file whole or not at all."""
-    from impls.figures import (
-        PREDICTION_COUNT,
-        plot_predictions,
-        plot_training_curves,
-        write_atomically,
-    )
+    from impls.figures import PREDICTION_COUNT, plot_predictions, plot_training_curves
 
     text = json.dumps(history.as_dict(), indent=2)
     path = out / "history.json"

@@ -41,6 +41,7 @@ from impls.torch_support import (
     Accumulator,
     apply_threads,
     build_net,
+    count_correct,
     evaluate_batches,
     linear_params,
     resolve_device,
@@ -148,7 +149,7 @@ class D2LReferenceTrainer:
             losses.mean().backward()
             self._updater.step()
             # Kept on the device (the book calls float() here, a sync per batch on a GPU).
-            correct = (logits.detach().argmax(dim=1) == labels).sum()
+            correct = count_correct(logits.detach(), labels)
             sums.add(losses.detach().sum(), correct, len(labels))
         return EpochStats(*sums.means())
 

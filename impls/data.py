@@ -3,8 +3,8 @@
 This module is the loader's public face: import from here. It holds the arrays
 (:class:`FashionMNIST`, :func:`load_fashion_mnist`, :func:`to_float32`,
 :func:`resize_images`), the dataset's constants, and the minibatch order every
-implementation shares (:class:`MinibatchOrder`, :func:`split_batches`,
-:func:`check_order`, :func:`batch_bounds`). The machinery underneath lives in
+implementation shares (:class:`MinibatchOrder`, :func:`check_order`, and
+:func:`batch_bounds`, the one cut into batches). The machinery underneath lives in
 two modules whose public names are re-exported here: :mod:`impls.idx` (the IDX
 format, its checks and the error hierarchy) and :mod:`impls.fetch` (the search
 order, downloads, verification and the cache; see ``data/README.md``).
@@ -46,6 +46,7 @@ __all__ = [
     "CACHE_DIR_ENV",
     "CLASS_NAMES",
     "DATA_DIR_ENV",
+    "EVAL_BATCH",
     "FASHION_MNIST",
     "IMAGE_SIZE",
     "NUM_CLASSES",
@@ -209,7 +210,7 @@ class MinibatchOrder:
 
     A fresh permutation each epoch (the seed's ``shuffle=True``); the trainers
     cut it into consecutive batches of ``TrainConfig.batch_size`` (the batch
-    size's one owner, see :func:`split_batches`), the last partial batch kept.
+    size's one owner) with :func:`batch_bounds`, the last partial batch kept.
     PCG64 streams are the same on every platform, so the same seed gives the
     same order on any machine.
     """
@@ -258,12 +259,20 @@ def check_order(order: np.ndarray, num_examples: int) -> np.ndarray:
     return order
 
 
-def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive slices of ``batch_size`` indices; the last may be shorter."""
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+EVAL_BATCH = 2048  # test examples per evaluation batch, in every trainer that batches them
 
 
 def batch_bounds(num_examples: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each batch over ``num_examples`` in order (test-set evaluation)."""
+    """(start, stop) of each consecutive batch of ``batch_size`` over ``num_examples``.
+
+    The one cut: trainers cut an epoch's order with it (``batch_bounds(len(order),
+    batch_size)``) and the test set into :data:`EVAL_BATCH` batches. The last
+    batch is shorter when ``batch_size`` does not divide ``num_examples``.
+    """
     for start in range(0, num_examples, batch_size):
         yield start, min(start + batch_size, num_examples)
+
+
+def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``order`` cut into its minibatches, as the trainers cut it (:func:`batch_bounds`)."""
+    return [order[start:stop] for start, stop in batch_bounds(len(order), batch_size)]

@@ -16,13 +16,11 @@ Entry point: :func:`fetch` (verified arrays and where each came from);
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import io
 import logging
 import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from impls.files import write_atomically
 from impls.idx import CorruptFileError, DataError, IdxFile, parse_idx, verify
 
 DATA_DIR_ENV = "FMBENCH_DATA_DIR"
@@ -147,33 +146,6 @@ def _candidates(directory: Path, spec: IdxFile) -> list[Path]:
     return [path for path in paths if os.path.isfile(path)]  # an OSError counts as absent
 
 
-def _write_atomically(target: Path, content: bytes | bytearray) -> None:
-    """Write ``content`` to ``target`` via a temporary file and a rename.
-
-    A reader (another process loading into the same cache) sees either no file
-    or a complete one; an error or Ctrl-C leaves no partial file behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: others could not read the cache
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-# The umask, read once at import rather than flipped while other threads run: the only
-# portable way to read it is to set it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
 # -------------------------------------------------------------------- download
 
 _RETRYABLE_HTTP = frozenset({408, 429})  # 4xx codes that mean "try again", not "not here"
@@ -216,7 +188,7 @@ def download(
     tries: a file missing from one mirror should fall through to the next at once.
     """
     # Imported on the first download, not with this module: pooch brings requests and
-    # tqdm (~60 ms), which a load from the cache never needs. requests comes with pooch.
+    # tqdm, whose import time a load from the cache should not pay. requests comes with pooch.
     import pooch
     import requests
 
@@ -368,7 +340,7 @@ class _Cache:
         target = self.home / file_spec.name
         if self.writable:
             try:
-                _write_atomically(target, content)
+                write_atomically(target, lambda file: file.write(content))
                 return target
             except OSError as error:
                 self._give_up(f"cannot write {target} ({error})")

@@ -1,22 +1,20 @@
 """The seed's two pictures: training curves (``Animator``) and predictions (``predict_ch3``).
 
 matplotlib is imported inside the functions (Agg backend, no screen needed): it
-is an optional dependency (``fmbench[cli]``). Every file is written atomically
-(:func:`write_atomically`), by ``fmbench train`` and by the report alike.
+is an optional dependency (``fmbench[cli]``). Every figure is written atomically
+(:func:`impls.files.write_atomically`), by ``fmbench train`` and by the report alike.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from impls.data import class_names
+from impls.files import write_atomically
 
 PREDICTION_COUNT = 18  # test images in a predictions grid: the CLI's and the report's
 
@@ -90,28 +88,3 @@ def save_figure(fig, path: str | Path) -> Path:
         return write_atomically(path, lambda file: fig.savefig(file, format="png", dpi=110))
     finally:
         pyplot().close(fig)
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Create ``path`` (and its folders) with ``write(file)``, all or nothing.
-
-    ``write`` fills a new temporary file beside ``path``, which then replaces
-    ``path`` in one rename (``os.replace``). A failure on the way, a full disk
-    say, leaves ``path`` as it was and no temporary file behind; a reader never
-    sees half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # "x": a file of our own, never one already there; its mode follows the umask.
-        with open(temporary, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())  # the data on disk before the name points at it
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise
-    return path

@@ -21,6 +21,7 @@ import numpy as np
 
 from impls.config import TrainConfig
 from impls.data import (
+    EVAL_BATCH,
     NUM_CLASSES,
     NUM_INPUTS,
     FashionMNIST,
@@ -28,9 +29,8 @@ from impls.data import (
     check_order,
     to_float32,
 )
-from impls.protocol import EpochStats, Evaluation, Params
+from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params
 
-EVAL_BATCH = 2048  # test examples per evaluation batch
 IMAGE_BUFFERS = 3  # float32 image buffers the steps rotate through (see Workspace)
 
 # ---------------------------------------------------------------------- maths
@@ -124,7 +124,9 @@ class NumpyTrainer:
         from threadpoolctl import ThreadpoolController
 
         if config.device != "cpu":
-            raise ValueError(f"numpy runs on the CPU only, not on device {config.device!r}")
+            raise DeviceUnavailableError(
+                f"numpy runs on the CPU only, not on device {config.device!r}"
+            )
         self._config = config
         self._threads = ThreadpoolController()
         # uint8 kept as is: train_step converts each batch.
@@ -144,11 +146,10 @@ class NumpyTrainer:
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
         order = check_order(order, len(self._train_y))
-        batch = self._config.batch_size
         total_loss, correct = 0.0, 0
         with self._limit_threads():
-            for start in range(0, len(order), batch):
-                index = order[start : start + batch]
+            for start, stop in batch_bounds(len(order), self._config.batch_size):
+                index = order[start:stop]
                 pixels = self._work.pixels[: len(index)]
                 # mode="clip": under the default "raise", np.take gathers into a
                 # temporary and then copies it into out (numpy's docs). The order

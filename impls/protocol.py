@@ -10,7 +10,8 @@ two functions with these exact names:
 ``available_devices() -> list[str]``
     The devices this framework can use here, e.g. ``["cpu", "cuda"]``.
 
-No module here imports a framework.
+``make_trainer`` raises :class:`DeviceUnavailableError` when ``config.device``
+is not one of them. No module here imports a framework.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import numpy as np
 if TYPE_CHECKING:
     from impls.config import TrainConfig
     from impls.data import FashionMNIST
+
+
+class DeviceUnavailableError(ValueError):
+    """The device a config asks for is not available to this framework here."""
 
 
 class Params(NamedTuple):
@@ -64,9 +69,9 @@ class Trainer(Protocol):
     def train_epoch(self, order: np.ndarray) -> EpochStats:
         """Run one epoch over the training set in ``order`` (a permutation).
 
-        Consecutive slices of ``config.batch_size`` indices are the minibatches;
-        the last one may be shorter and is kept. Each step uses its batch's mean
-        loss.
+        Consecutive slices of ``config.batch_size`` indices are the minibatches
+        (:func:`impls.data.batch_bounds`); the last one may be shorter and is kept.
+        Each step uses its batch's mean loss.
         """
         ...
 

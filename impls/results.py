@@ -15,7 +15,7 @@ One definition serves every writer and reader:
   case (examples/s, GB/s, the compute floor, time to accuracy) is computed
   here and nowhere else.
 
-Fields only raw facts are stored; derived numbers are properties. Readers
+Only raw facts are stored as fields; every derived number is a property. Readers
 accept files written before this module (schema 1): their extra derived keys
 are ignored, since the same numbers are recomputed from the raw ones.
 
@@ -237,7 +237,9 @@ class TrainingResult(Stored):
 
     @property
     def first_epoch_seconds(self) -> float:
-        """The warm-up epochs' training time (start-up, lazy initialisation, compilation)."""
+        """Training seconds of every warm-up epoch, summed (the first epoch when there are none).
+
+        Not the first epoch alone, despite the name; start-up costs (compilation) show here."""
         return sum(r.train_seconds for r in self.history[: max(self.warmup_epochs, 1)])
 
     @property

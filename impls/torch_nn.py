@@ -22,6 +22,7 @@ from impls.torch_support import (
     Accumulator,
     apply_threads,
     build_net,
+    count_correct,
     evaluate_batches,
     flat_images,
     linear_params,
@@ -59,7 +60,7 @@ class TorchNNTrainer:
             loss.backward()
             self._optimizer.step()
             # Mean times count gives the batch's sum, for the epoch's per-example mean.
-            correct = (logits.detach().argmax(dim=1) == labels).sum()
+            correct = count_correct(logits.detach(), labels)
             sums.add(loss.detach() * len(labels), correct, len(labels))
         return EpochStats(*sums.means())
 

@@ -1,7 +1,8 @@
 """Softmax regression in PyTorch "from scratch" (the book's section 3.6).
 
 The maths is four functions on plain tensors: :func:`forward` (logits),
-:func:`cross_entropy` (per-example losses), :func:`count_correct` and
+:func:`cross_entropy` (per-example losses), :func:`count_correct` (the one in
+:mod:`impls.torch_support`, which the ``nn`` trainers count with too) and
 :func:`train_step`, one minibatch SGD step (the book's ``sgd``) on gradients
 from autograd. :class:`TorchScratchTrainer` holds the state and runs exactly
 those. Unlike the book, the loss stays in log space and subtracts each row's
@@ -23,6 +24,7 @@ from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     Accumulator,
     apply_threads,
+    count_correct,
     evaluate_batches,
     flat_images,
     place,
@@ -33,6 +35,7 @@ from impls.torch_support import (
 )
 
 # ---------------------------------------------------------------------- maths
+# count_correct(logits, labels), the book's accuracy, is imported from torch_support.
 
 
 def forward(weights_t: torch.Tensor, bias: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -50,11 +53,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
     rows = torch.arange(len(labels), device=labels.device)
     return -log_probs[rows, labels]
-
-
-def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Number of correct predictions, as a tensor left on the device (no sync)."""
-    return (logits.argmax(dim=1) == labels).sum()
 
 
 def train_step(

@@ -1,4 +1,4 @@
-"""Helpers shared by the PyTorch implementations: devices, threads, data, the book's model.
+"""Helpers shared by the PyTorch implementations: devices, threads, data, counting, the model.
 
 Not an implementation itself (it is not in the registry); only PyTorch modules
 import it, so importing it without torch installed is never attempted.
@@ -14,10 +14,15 @@ import torch
 from torch import nn
 
 from impls.config import TrainConfig
-from impls.data import NUM_CLASSES, NUM_INPUTS, FashionMNIST, batch_bounds, to_float32
-from impls.protocol import Evaluation, Params
-
-EVAL_BATCH = 2048  # test examples per evaluation batch when the test set is on the device
+from impls.data import (
+    EVAL_BATCH,
+    NUM_CLASSES,
+    NUM_INPUTS,
+    FashionMNIST,
+    batch_bounds,
+    to_float32,
+)
+from impls.protocol import DeviceUnavailableError, Evaluation, Params
 
 
 def torch_devices() -> list[str]:
@@ -31,10 +36,10 @@ def torch_devices() -> list[str]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``name`` as a torch device, or a ValueError naming the devices present."""
+    """``name`` as a torch device, or a DeviceUnavailableError naming the devices present."""
     present = torch_devices()
     if name not in present:
-        raise ValueError(
+        raise DeviceUnavailableError(
             f"device {name!r} is not available to PyTorch here; available: {', '.join(present)}"
         )
     return torch.device(name)
@@ -105,6 +110,11 @@ def place(data: FashionMNIST, config: TrainConfig) -> tuple[torch.device, int, D
     return device, apply_threads(config.threads), to_device(data, device)
 
 
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions (the book's ``accuracy``), a tensor left on the device."""
+    return (logits.argmax(dim=1) == labels).sum()
+
+
 class Accumulator:
     """Per-batch loss sums and correct counts, kept on the device (the book's ``Accumulator``).
 
@@ -136,8 +146,8 @@ def shuffled_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An epoch's minibatches in ``order``, gathered from tensors already on their device."""
     index = torch.as_tensor(order, dtype=torch.int64).to(images.device)
-    for start in range(0, len(index), batch_size):
-        batch = index[start : start + batch_size]
+    for start, stop in batch_bounds(len(index), batch_size):
+        batch = index[start:stop]
         # index_select: the same rows as images[batch], without the generic
         # advanced-indexing path (see PERFORMANCE.md).
         yield images.index_select(0, batch), labels.index_select(0, batch)
@@ -167,7 +177,7 @@ def evaluate_batches(
         for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             logits = logits_of(images)
-            sums.add(loss_sum(logits, labels), (logits.argmax(dim=1) == labels).sum(), len(labels))
+            sums.add(loss_sum(logits, labels), count_correct(logits, labels), len(labels))
     return Evaluation(*sums.means())
 
 

@@ -124,8 +124,14 @@ class _FullDiskFile:
 
 
 def disk_fills_after_training(monkeypatch, full: Callable[[Path], bool]) -> None:
-    """Once training is over, writes to files for which ``full(path)`` holds fail (ENOSPC)."""
+    """Once training is over, writes to files for which ``full(path)`` holds fail (ENOSPC).
+
+    Files opened by name, and temporary files opened from ``mkstemp``'s descriptor
+    (as :func:`impls.files.write_atomically` does).
+    """
     real_open, real_train = builtins.open, registry.train
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    full_fds: set[int] = set()
 
     def open_on_full_disk(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
@@ -134,10 +140,21 @@ def disk_fills_after_training(monkeypatch, full: Callable[[Path], bool]) -> None
             return _FullDiskFile(handle)
         return handle
 
+    def mkstemp_on_full_disk(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        (full_fds.add if full(Path(name).resolve()) else full_fds.discard)(fd)
+        return fd, name
+
+    def fdopen_on_full_disk(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        return _FullDiskFile(handle) if fd in full_fds else handle
+
     def train_then_fill(*args, **kwargs):
         result = real_train(*args, **kwargs)
         monkeypatch.setattr(builtins, "open", open_on_full_disk)  # matplotlib, PIL
         monkeypatch.setattr(io, "open", open_on_full_disk)  # pathlib
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp_on_full_disk)
+        monkeypatch.setattr(os, "fdopen", fdopen_on_full_disk)
         return result
 
     monkeypatch.setattr(registry, "train", train_then_fill)
@@ -214,6 +231,32 @@ def test_save_figure_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
     assert not plt.fignum_exists(figure.number)  # closed all the same
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch-nn", "jax"])
+def test_absent_device_exits_2_with_one_line(impl, tiny_run, capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", impl, "--device", "quantum", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmbench: error: ") and "'quantum'" in err and "cpu" in err.lower()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_value_error_while_training_exits_1_with_one_line(
+    tiny_run, monkeypatch, capsys, tmp_path
+):
+    from impls import numpy_softmax
+
+    def fails(self, order):
+        raise ValueError("a framework's complaint\nover two lines")
+
+    monkeypatch.setattr(numpy_softmax.NumpyTrainer, "train_epoch", fails)
+    out = tmp_path / "run"
+    assert main(["train", "numpy", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == "fmbench: error: numpy failed: a framework's complaint over two lines\n"
+    assert not out.exists()
 
 
 def test_out_of_memory_is_one_line_naming_the_batch_size(tiny_run, monkeypatch, capsys, tmp_path):

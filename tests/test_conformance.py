@@ -9,6 +9,8 @@ parameters and train sensibly.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from dataclasses import dataclass
 from types import ModuleType
@@ -17,8 +19,8 @@ import numpy as np
 import pytest
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, MinibatchOrder, to_float32
-from impls.protocol import EpochStats, Evaluation, Params, Trainer
+from impls.data import FashionMNIST, MinibatchOrder, batch_bounds, to_float32
+from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params, Trainer
 from impls.registry import REGISTRY, Implementation, train
 from impls.training import History, init_params
 
@@ -140,7 +142,14 @@ def test_satisfies_the_protocol(impl, tiny_data, default_config):
     module = load_module(impl)
     assert "cpu" in module.available_devices()
     trainer = module.make_trainer(tiny_data, init_params(default_config), default_config)
-    assert isinstance(trainer, Trainer)
+    # Every method of the protocol, taking the protocol's arguments under their names
+    # (isinstance on a runtime-checkable protocol would only look for the names).
+    methods = [name for name, member in vars(Trainer).items() if inspect.isfunction(member)]
+    methods = [name for name in methods if not name.startswith("_")]
+    assert methods, "no methods found on the protocol"
+    for name in methods:
+        expected = list(inspect.signature(getattr(Trainer, name)).parameters)[1:]  # no self
+        assert list(inspect.signature(getattr(trainer, name)).parameters) == expected, name
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -165,7 +174,7 @@ def test_absent_device_is_a_clear_error(impl, default_config, tiny_data):
     absent = next((name for name in ("cuda", "mps") if name not in present), None)
     if absent is None:
         pytest.skip("every device this suite knows of is present")
-    with pytest.raises(ValueError, match=re.escape(repr(absent))) as error:
+    with pytest.raises(DeviceUnavailableError, match=re.escape(repr(absent))) as error:
         build(impl, tiny_data, default_config.replace(device=absent))
     message = str(error.value).lower()
     assert all(name in message for name in present), f"available devices not named: {message}"
@@ -218,6 +227,27 @@ def test_batch_larger_than_the_training_set_is_one_batch(impl, tiny_data, defaul
     reference = build(REGISTRY[REFERENCE], tiny_data, huge.replace(batch_size=tiny_data.num_train))
     assert_stats_close(stats, reference.train_epoch(order), tiny_data.num_train)
     assert_params_close(trainer.parameters(), reference.parameters())
+
+
+# Where each trainer that loops over its batches in Python takes the cut from. (JAX's
+# compiled epoch cuts the same batches, a scan over the full ones: checked against NumPy.)
+CUT_IN = {"numpy": "numpy_softmax", "torch-scratch": "torch_support", "torch-nn": "torch_support"}
+
+
+@pytest.mark.parametrize("impl", _param([REGISTRY[name] for name in CUT_IN]))
+def test_trainer_cuts_the_order_with_the_shared_batch_bounds(impl, tiny_data, monkeypatch):
+    config = TrainConfig(threads=2, batch_size=64)
+    trainer = build(impl, tiny_data, config)
+    module = importlib.import_module(f"impls.{CUT_IN[impl.name]}")
+    cuts = []
+
+    def recording(num_examples: int, batch_size: int):
+        cuts.append((num_examples, batch_size))
+        return batch_bounds(num_examples, batch_size)
+
+    monkeypatch.setattr(module, "batch_bounds", recording)
+    trainer.train_epoch(MinibatchOrder(tiny_data.num_train, 0).epoch(0)[:500])
+    assert cuts == [(500, 64)]
 
 
 @pytest.mark.parametrize("impl", ALL)

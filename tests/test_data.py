@@ -20,7 +20,6 @@ from impls.data import (
     CLASS_NAMES,
     FASHION_MNIST,
     CorruptFileError,
-    DataError,
     DatasetSpec,
     IdxFile,
     MinibatchOrder,
@@ -104,18 +103,30 @@ def test_data_reexports_the_one_definition_of_each_name(module):
 
 
 @pytest.mark.parametrize(
-    "error",
+    "error, status",
     [
-        idx.CorruptFileError,
-        idx.ChecksumError,
-        fetching.DownloadError,
-        fetching.DatasetNotFoundError,
+        (idx.CorruptFileError, 1),
+        (idx.ChecksumError, 1),
+        (fetching.DownloadError, 1),
+        (fetching.DatasetNotFoundError, 1),
+        (fetching.DataDirError, 2),  # the user's --data-dir or $FMBENCH_DATA_DIR: a usage error
     ],
+    ids=lambda value: getattr(value, "__name__", str(value)),
 )
-def test_loader_errors_are_data_errors(error):
-    assert issubclass(error, DataError)
-    assert issubclass(DataError, Exception)
-    assert not issubclass(error, AssertionError)
+def test_every_loader_error_reaches_the_user_as_one_line(
+    error, status, monkeypatch, capsys, tmp_path
+):
+    """Whatever the loader raises, ``fmbench`` says it in one line, without a traceback."""
+    from impls import cli
+
+    def load(*args, **kwargs):
+        raise error("what went wrong, and what to do")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", load)
+    out = tmp_path / "run"
+    assert cli.main(["train", "numpy", "--quiet", "--out", str(out)]) == status
+    assert capsys.readouterr().err == "fmbench: error: what went wrong, and what to do\n"
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- minibatches

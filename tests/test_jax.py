@@ -23,7 +23,7 @@ from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 from impls import jax_optax, jax_support, numpy_softmax  # noqa: E402
 from impls.config import TrainConfig  # noqa: E402
 from impls.data import FashionMNIST, MinibatchOrder, split_batches, to_float32  # noqa: E402
-from impls.protocol import Params  # noqa: E402
+from impls.protocol import DeviceUnavailableError, Params  # noqa: E402
 from impls.registry import train  # noqa: E402
 from impls.training import init_params  # noqa: E402
 
@@ -178,14 +178,14 @@ def test_unknown_platform_lists_the_present_ones():
     for name in ("tpu", "gpu", "cuda", "rocm", "metal"):
         if name in present or (name == "gpu" and has_gpu):
             continue
-        with pytest.raises(ValueError, match=r"platforms present: .*cpu"):
+        with pytest.raises(DeviceUnavailableError, match=r"platforms present: .*cpu"):
             jax_support.select_device(name)
     assert jax_support.select_device("CPU").platform == "cpu"
 
 
 def test_unknown_platform_in_config(tiny_data):
     config = TrainConfig(device="no-such-platform", threads=2)
-    with pytest.raises(ValueError, match=r"no-such-platform.*platforms present: .*cpu"):
+    with pytest.raises(DeviceUnavailableError, match=r"no-such-platform.*platforms present: .*cpu"):
         jax_optax.make_trainer(tiny_data, init_params(config), config)
 
 

@@ -14,7 +14,7 @@ import pytest
 from oracles import loss_and_grads, sgd_update
 
 from impls import numpy_softmax as npsm
-from impls.protocol import Params
+from impls.protocol import DeviceUnavailableError, Params
 from impls.registry import train
 from impls.training import fit, init_params
 
@@ -152,7 +152,7 @@ def test_predict_and_evaluate_follow_the_parameters(tiny_data, default_config):
 
 
 def test_rejects_a_device_other_than_cpu(tiny_data, default_config):
-    with pytest.raises(ValueError, match="CPU only"):
+    with pytest.raises(DeviceUnavailableError, match="CPU only"):
         npsm.make_trainer(
             tiny_data, init_params(default_config), default_config.replace(device="cuda")
         )

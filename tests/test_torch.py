@@ -17,7 +17,7 @@ from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 from impls import numpy_softmax, torch_nn, torch_scratch, torch_support  # noqa: E402
 from impls.config import TrainConfig  # noqa: E402
 from impls.data import MinibatchOrder, split_batches, to_float32  # noqa: E402
-from impls.protocol import Params  # noqa: E402
+from impls.protocol import DeviceUnavailableError, Params  # noqa: E402
 from impls.training import init_params  # noqa: E402
 
 # One step's gradient in float32: only the summation order differs from NumPy's.
@@ -196,7 +196,7 @@ def test_threads_are_applied(module, tiny_data):
 
 
 def test_unknown_device_names_the_available_ones(tiny_data):
-    with pytest.raises(ValueError, match=r"'tpu'.*available: cpu"):
+    with pytest.raises(DeviceUnavailableError, match=r"'tpu'.*available: cpu"):
         torch_scratch.make_trainer(tiny_data, init_params(TrainConfig()), TrainConfig(device="tpu"))
 
 

@@ -11,7 +11,7 @@ from impls import config as config_module
 from impls import registry
 from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import MinibatchOrder
-from impls.protocol import EpochStats, Evaluation, Params, Trainer
+from impls.protocol import EpochStats, Evaluation, Params
 from impls.registry import train
 from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, init_params
 
@@ -88,10 +88,6 @@ class _ScriptedTrainer:
         return {"device": "cpu"}
 
 
-def test_scripted_trainer_satisfies_the_protocol():
-    assert isinstance(_ScriptedTrainer([]), Trainer)
-
-
 def test_fit_feeds_the_shared_order_and_records_history(tiny_data):
     config = TrainConfig(epochs=3, threads=1)
     trainer = _ScriptedTrainer([0.9, 0.8, 0.7])
@@ -142,17 +138,28 @@ def test_registry_missing_framework_is_reported_not_raised(monkeypatch):
         registry.make_trainer("fake", None, Params(None, None), TrainConfig())
 
 
-def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data):
+def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data, monkeypatch):
     config = TrainConfig(seed=4, threads=1)
     trainer = _ScriptedTrainer([0.9, 0.8])
     runner = EpochRunner(trainer, config, tiny_data.num_train)
+    drawn = []
+    real_epoch = MinibatchOrder.epoch
+
+    def counted_epoch(self, epoch):
+        drawn.append(epoch)
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(MinibatchOrder, "epoch", counted_epoch)
     trained = runner.train()
+    assert drawn == [0]  # train() draws the order itself when none was prepared
     assert (trained.epoch, trained.train_loss, trained.test_accuracy) == (1, 0.9, None)
     evaluated = runner.evaluate()
     assert (evaluated.test_loss, evaluated.test_accuracy) == (1.0, 0.25)
     assert evaluated.train_seconds == trained.train_seconds and evaluated.eval_seconds >= 0
-    runner.prepare()  # drawn ahead, outside the clock: the same order as drawn in train()
+    runner.prepare()  # drawn ahead, outside the clock
+    assert drawn == [0, 1]
     runner.train()
+    assert drawn == [0, 1]  # train() used the prepared order, without drawing again
     assert [r.epoch for r in runner.history] == [1, 2]
     assert runner.history[0] == evaluated and runner.history[1].test_accuracy is None
     order = MinibatchOrder(tiny_data.num_train, config.seed)
