@@ -17,7 +17,7 @@ nox.options.sessions = ["tests"]
 # Environments with torch and JAX are large (several GB): build them once, reuse after.
 nox.options.reuse_venv = "yes"
 
-ALL_BACKENDS = "numpy,cli,torch,jax"
+ALL_BACKENDS = "numpy,cli,torch,jax,numba"
 
 # The benchmark run's JSON (pytest-benchmark also autosaves a copy under .benchmarks/).
 BENCH_JSON = Path(".benchmarks") / "last-run.json"

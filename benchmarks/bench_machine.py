@@ -18,7 +18,8 @@ from threadpoolctl import threadpool_info
 from impls.config import usable_cores
 
 VERSIONED = (
-    "numpy", "torch", "torchvision", "jax", "jaxlib", "optax", "pytest-benchmark", "fmbench",
+    "numpy", "torch", "torchvision", "jax", "jaxlib", "optax", "numba", "pytest-benchmark",
+    "fmbench",
 )  # fmt: skip
 
 

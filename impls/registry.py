@@ -101,6 +101,14 @@ REGISTRY: dict[str, Implementation] = {
             compile_cache_env="FMBENCH_JAX_CACHE_DIR",
         ),
         Implementation(
+            "numba",
+            "impls.numba_fused",
+            ("numba",),
+            "numba",
+            "Numba, one fused multi-threaded kernel per batch, register-blocked, in cache",
+            compile_cache_env="FMBENCH_NUMBA_CACHE_DIR",
+        ),
+        Implementation(
             "d2l-reference",
             "impls.d2l_reference",
             ("torch", "torchvision"),

@@ -1,0 +1,250 @@
+"""Softmax regression in Numba: one compiled, multi-threaded kernel per batch, kept in cache.
+
+The book's maths, compiled: :func:`forward`, :func:`count_correct`, :func:`cross_entropy`,
+:func:`backward`, :func:`update`, :func:`train_step` (one SGD step on one batch) and
+:func:`run_epoch` (a step per batch of ``data.batch_bounds``). Plumbing: numba_support.
+
+Blocking. The threads split each batch's rows, :data:`BLOCK` rows at a time. :func:`forward`
+reads their uint8 pixels where they lie (prefetched) and takes two rows against the ten
+classes at once: twenty accumulators, each a vector of pixels, against W (transposed, in L1);
+the softmax runs across the block's rows; :func:`backward` adds four rows at a time into the
+thread's partial dW (in L1), reading the rows again from cache. The hand-off: each thread
+keeps its own copy of W and b and, at the next step, adds every thread's partial gradient
+into it, all in one order (the copies stay equal bit for bit): no serial update.
+
+Pixels stay integers 0..255 (exact); the 1/255 multiplies logits and dlogits instead.
+Fast-math: :func:`forward` reassociates sums (``reassoc``: to vectorise them) and fuses
+multiply-adds (``contract``); :func:`backward` and :func:`update` only fuse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import partial
+
+import numba
+import numpy as np
+from numba import prange
+
+from impls import numba_support  # first: it configures Numba before any kernel is defined
+from impls.config import TrainConfig
+from impls.data import NUM_CLASSES, NUM_INPUTS, FashionMNIST, batch_bounds, check_order
+from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params
+
+BLOCK = 64  # rows a thread takes at a time: their 50 KB of pixels stay in its L1/L2 caches
+AHEAD = 8  # rows forward prefetches ahead (backward prefetches the next block)
+TO_UNIT = np.float32(1 / 255)  # pixel value 0..255 -> [0, 1]
+DOT, FUSE = {"reassoc", "contract"}, {"contract"}  # forward's fast-math flags; the others'
+kernel = partial(numba.njit, cache=numba_support.CACHE, error_model="numpy")
+row = numba_support.row
+
+# ---------------------------------------------------------------------- maths
+
+
+@kernel(fastmath=DOT)
+def forward(w, bias, pixels, index, rows, logits):
+    """Logits ``x @ W + b`` (``w``: W transposed) of the images ``pixels[index[:rows]]``, into
+    columns of ``logits``; each accumulator sums a row's products with a class's weights."""
+    for i in range(0, rows, 2):
+        u, v = row(pixels, index, i, rows, AHEAD), row(pixels, index, i + 1, rows, AHEAD)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = np.float32(0)
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = np.float32(0)
+        for k in range(NUM_INPUTS):
+            x, y = np.float32(u[k]), np.float32(v[k])  # pixel values, 0..255
+            a0, b0, a1, b1 = a0 + x * w[0, k], b0 + y * w[0, k], a1 + x * w[1, k], b1 + y * w[1, k]
+            a2, b2, a3, b3 = a2 + x * w[2, k], b2 + y * w[2, k], a3 + x * w[3, k], b3 + y * w[3, k]
+            a4, b4, a5, b5 = a4 + x * w[4, k], b4 + y * w[4, k], a5 + x * w[5, k], b5 + y * w[5, k]
+            a6, b6, a7, b7 = a6 + x * w[6, k], b6 + y * w[6, k], a7 + x * w[7, k], b7 + y * w[7, k]
+            a8, b8, a9, b9 = a8 + x * w[8, k], b8 + y * w[8, k], a9 + x * w[9, k], b9 + y * w[9, k]
+        sums = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9), (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9)
+        for c in range(NUM_CLASSES):
+            logits[c, i] = sums[0][c] * TO_UNIT + bias[c]
+            logits[c, i + 1] = sums[1][c] * TO_UNIT + bias[c]
+
+
+@kernel(inline="always")
+def count_correct(logits, labels, index, rows):
+    """How many examples (columns) have their largest logit at their class ``labels[index[i]]``."""
+    correct = 0
+    for i in range(rows):
+        correct += numba_support.argmax(logits, i) == labels[index[i]]
+    return correct
+
+
+@kernel(inline="always")
+def cross_entropy(logits, labels, index, rows, stats):
+    """The examples' summed loss, minus the log-probability of the true class (log-sum-exp);
+    leaves their softmax in ``logits``. Each loop runs across the examples, in vectors."""
+    top, total, true = stats[0], stats[1], stats[2]
+    top[:rows], total[:rows] = logits[0, :rows], 0
+    for c in range(1, NUM_CLASSES):
+        for i in range(rows):
+            top[i] = max(top[i], logits[c, i])
+    for i in range(rows):
+        true[i] = logits[labels[index[i]], i] - top[i]
+    for c in range(NUM_CLASSES):
+        for i in range(rows):
+            logits[c, i] = numba_support.exp(logits[c, i] - top[i])
+            total[i] += logits[c, i]
+    loss = 0.0
+    for i in range(rows):
+        loss += math.log(total[i]) - true[i]
+    for c in range(NUM_CLASSES):
+        for i in range(rows):
+            logits[c, i] /= total[i]
+    return loss
+
+
+@kernel(fastmath=FUSE)
+def backward(pixels, index, dlogits, rows, grads):
+    """Add ``x.T @ dlogits`` of the images ``pixels[index[:rows]]`` into ``grads`` (10, 784):
+    four rows at a time, in four fused multiply-adds (``g + a * x + ...``: left to right)."""
+    for i in range(0, rows, 4):  # prefetching the next block's rows, for forward
+        u, v = row(pixels, index, i, rows, BLOCK), row(pixels, index, i + 1, rows, BLOCK)
+        s, t = row(pixels, index, i + 2, rows, BLOCK), row(pixels, index, i + 3, rows, BLOCK)
+        a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = dlogits[:, i]
+        b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = dlogits[:, i + 1]
+        d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = dlogits[:, i + 2]
+        e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = dlogits[:, i + 3]
+        for k in range(NUM_INPUTS):
+            x, y, z, q = np.float32(u[k]), np.float32(v[k]), np.float32(s[k]), np.float32(t[k])
+            grads[0, k] = grads[0, k] + a0 * x + b0 * y + d0 * z + e0 * q
+            grads[1, k] = grads[1, k] + a1 * x + b1 * y + d1 * z + e1 * q
+            grads[2, k] = grads[2, k] + a2 * x + b2 * y + d2 * z + e2 * q
+            grads[3, k] = grads[3, k] + a3 * x + b3 * y + d3 * z + e3 * q
+            grads[4, k] = grads[4, k] + a4 * x + b4 * y + d4 * z + e4 * q
+            grads[5, k] = grads[5, k] + a5 * x + b5 * y + d5 * z + e5 * q
+            grads[6, k] = grads[6, k] + a6 * x + b6 * y + d6 * z + e6 * q
+            grads[7, k] = grads[7, k] + a7 * x + b7 * y + d7 * z + e7 * q
+            grads[8, k] = grads[8, k] + a8 * x + b8 * y + d8 * z + e8 * q
+            grads[9, k] = grads[9, k] + a9 * x + b9 * y + d9 * z + e9 * q
+
+
+@kernel(fastmath=FUSE)
+def update(weights_t, bias, work, step):
+    """``W -= lr * dW`` and ``b -= lr * db`` of step ``step``, one thread's part after another."""
+    grads, bias_grads, p = work.grads, work.bias_grads, step % 2
+    for t in range(len(grads)):
+        for c in range(NUM_CLASSES):
+            bias[c] -= bias_grads[t, p, c]
+            for k in range(NUM_INPUTS):
+                weights_t[c, k] -= grads[t, p, c, k]
+
+
+@kernel(parallel=True)
+def train_step(pixels, labels, index, lr, work, step):
+    """SGD step ``step`` (from 0) on the batch ``pixels[index]``; its summed loss and correct count.
+    Each thread first applies the last step to its copy of W and b (the hand-off)."""
+    n, threads = len(index), len(work.weights)
+    share = numba_support.share(n, threads)
+    scale = np.float32(lr) / np.float32(n)  # lr * d(mean loss)/d(logits) = lr * (p - onehot) / n
+    loss, correct = 0.0, 0
+    for t in prange(threads):
+        weights_t, bias, logits = work.weights[t], work.biases[t], work.logits[t]
+        if step > 0:
+            update(weights_t, bias, work, step - 1)
+        grads, bias_grads = work.grads[t, step % 2], work.bias_grads[t, step % 2]
+        grads[:], bias_grads[:] = 0, 0
+        end = min(n, (t + 1) * share)
+        for start in range(t * share, end, BLOCK):
+            block, rows = index[start:end], min(BLOCK, end - start)  # this block: block[:rows]
+            forward(weights_t, bias, pixels, block, rows, logits)
+            correct += count_correct(logits, labels, block, rows)
+            loss += cross_entropy(logits, labels, block, rows, work.stats[t])
+            for i in range(rows):
+                logits[labels[block[i]], i] -= 1  # softmax - onehot
+            for c in range(NUM_CLASSES):
+                column = np.float32(0)
+                for i in range(rows):
+                    column += logits[c, i]
+                    logits[c, i] *= scale * TO_UNIT  # backward multiplies by pixels 0..255
+                bias_grads[c] += column * scale
+            logits[:, rows : rows + 3] = 0  # padding: backward's rows past the last add nothing
+            backward(pixels, block, logits, rows, grads)
+    return loss, correct
+
+
+@kernel
+def run_epoch(pixels, labels, order, bounds, lr, work):
+    """:func:`train_step` on each batch ``order[start:stop]`` of ``bounds``, in turn."""
+    loss, correct = 0.0, 0
+    for b in range(len(bounds)):
+        step = train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, b)
+        loss, correct = loss + step[0], correct + step[1]
+    for t in range(len(work.weights)):  # the last step, into every copy
+        update(work.weights[t], work.biases[t], work, len(bounds) - 1)
+    return loss, correct
+
+
+@kernel
+def score(pixels, labels, predicted, work):
+    """Summed loss and correct count over ``pixels``, the predictions into ``predicted``."""
+    loss, correct, index, logits = 0.0, 0, np.arange(len(pixels)), work.logits[0]
+    for start in range(0, len(index), BLOCK):
+        block, rows = index[start:], min(BLOCK, len(index) - start)
+        forward(work.weights[0], work.biases[0], pixels, block, rows, logits)
+        for i in range(rows):
+            predicted[start + i] = numba_support.argmax(logits, i)
+        correct += count_correct(logits, labels, block, rows)
+        loss += cross_entropy(logits, labels, block, rows, work.stats[0])
+    return loss, correct
+
+
+# ---------------------------------------------------------------------- state
+
+
+class NumbaTrainer:
+    """The protocol's stateful shell: the uint8 data and the workspace, which holds W and b."""
+
+    def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
+        if config.device != "cpu":
+            raise DeviceUnavailableError(f"numba runs on the CPU only, not on {config.device!r}")
+        self._config, self._threads = config, config.threads or numba.config.NUMBA_NUM_THREADS
+        self._applied = numba_support.apply_threads(self._threads)
+        self._train = numba_support.as_rows(data.train_images, data.train_labels)
+        self._test = numba_support.as_rows(data.test_images, data.test_labels)
+        self._work = numba_support.workspace(params, self._applied, BLOCK)
+        # Compile now (or load from the cache), then start the threads with an empty batch.
+        self._compiler = numba_support.Compiler()
+        self._compiler.compile("run_epoch", run_epoch, *self._epoch_args(np.arange(1), [(0, 0)]))
+        self._compiler.compile("score", score, *self._test, np.empty(0, np.int64), self._work)
+        run_epoch(*self._epoch_args(np.arange(1), [(0, 0)]))
+
+    def _epoch_args(self, order: np.ndarray, bounds: list[tuple[int, int]]) -> tuple:
+        numba_support.apply_threads(self._threads)
+        order, bounds_array = np.ascontiguousarray(order, np.int64), np.array(bounds, np.int64)
+        return (*self._train, order, bounds_array, self._config.lr, self._work)
+
+    def train_epoch(self, order: np.ndarray) -> EpochStats:
+        order = check_order(order, len(self._train[1]))
+        bounds = list(batch_bounds(len(order), self._config.batch_size))
+        loss, correct = run_epoch(*self._epoch_args(order, bounds))
+        return EpochStats(loss / len(order), correct / len(order))
+
+    def evaluate(self) -> Evaluation:  # one thread: 10,000 images take a few milliseconds
+        loss, correct = score(*self._test, np.empty(len(self._test[1]), np.int64), self._work)
+        return Evaluation(loss / len(self._test[1]), correct / len(self._test[1]))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        predicted = np.empty(len(images), np.int64)
+        score(*numba_support.as_rows(images, np.zeros(len(images))), predicted, self._work)
+        return predicted
+
+    def parameters(self) -> Params:
+        weights_t, bias = self._work.weights[0], self._work.biases[0]
+        return Params(np.ascontiguousarray(weights_t.T), bias[:NUM_CLASSES].copy())
+
+    def runtime_info(self) -> Mapping[str, object]:
+        fastmath = {"forward": sorted(DOT), "backward, update": sorted(FUSE)}
+        threads = numba_support.threads_info(self._threads, self._applied)
+        return {"device": "cpu", "numba": numba.__version__, **threads, "fastmath": fastmath,
+                "vector_bits": numba_support.vector_bits(), **self._compiler.info()}  # fmt: skip
+
+
+def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> NumbaTrainer:
+    return NumbaTrainer(data, params, config)
+
+
+def available_devices() -> list[str]:
+    return ["cpu"]
