@@ -35,13 +35,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from impls import registry
+from impls.compile_cache import cache_use, choose_directory
 from impls.config import usable_cores
 from impls.data import default_cache_dir
 from impls.protocol import DeviceUnavailableError
@@ -211,10 +211,9 @@ def _choose_cache() -> dict[str, Any]:
     user_dir = jax.config.jax_compilation_cache_dir
     if user_dir:
         return {"compilation_cache_dir": str(user_dir), "compilation_cache_set_by": "user"}
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env is not None and not env.strip():
-        return {"compilation_cache_dir": None, "compilation_cache_set_by": f"${CACHE_DIR_ENV}"}
-    path = Path(env).expanduser() if env else default_cache_dir() / "jax-cache"
+    path, set_by = choose_directory(CACHE_DIR_ENV, default_cache_dir() / "jax-cache")
+    if path is None:
+        return {"compilation_cache_dir": None, "compilation_cache_set_by": set_by}
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -224,10 +223,7 @@ def _choose_cache() -> dict[str, Any]:
     # program can fall under: a warm start must find every program, so cache them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    return {
-        "compilation_cache_dir": str(path),
-        "compilation_cache_set_by": f"${CACHE_DIR_ENV}" if env else "fmbench default",
-    }
+    return {"compilation_cache_dir": str(path), "compilation_cache_set_by": set_by}
 
 
 def cache_entries(directory: str | None) -> int | None:
@@ -295,17 +291,9 @@ class Compiler:
         """The cache and the compile times, for the trainer's ``runtime_info``."""
         hits = sum(c.cache_hits for c in self._compiled.values())
         misses = sum(c.cache_misses for c in self._compiled.values())
-        if self._cache["compilation_cache_dir"] is None:
-            warm = None
-        elif hits + misses == 0:
-            warm = None  # served from this process's in-memory caches
-        else:
-            warm = misses == 0
         return {
             **self._cache,
-            "compilation_cache_hits": hits,
-            "compilation_cache_misses": misses,
-            "compilation_cache_warm": warm,
+            **cache_use(self._cache["compilation_cache_dir"], hits, misses),
             "compile_seconds": round(
                 sum(c.lower_seconds + c.compile_seconds for c in self._compiled.values()), 4
             ),

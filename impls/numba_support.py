@@ -43,6 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from impls import registry
+from impls.compile_cache import cache_use, choose_directory
 from impls.data import NUM_CLASSES, NUM_INPUTS, default_cache_dir
 
 if TYPE_CHECKING:
@@ -60,15 +61,13 @@ def configure() -> dict[str, Any]:
         features = get_host_cpu_features()
         if "+avx512f" in features.split(","):
             numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env is not None and not env.strip():
-        return {"compilation_cache_dir": None, "compilation_cache_set_by": f"${CACHE_DIR_ENV}"}
-    if env:
-        path, set_by = Path(env).expanduser(), f"${CACHE_DIR_ENV}"
-    elif numba.config.CACHE_DIR:
-        path, set_by = Path(numba.config.CACHE_DIR), "$NUMBA_CACHE_DIR"
+    if numba.config.CACHE_DIR:  # $NUMBA_CACHE_DIR, read by Numba when it was imported
+        default, default_by = Path(numba.config.CACHE_DIR), "$NUMBA_CACHE_DIR"
     else:
-        path, set_by = default_cache_dir() / "numba-cache", "fmbench default"
+        default, default_by = default_cache_dir() / "numba-cache", "fmbench default"
+    path, set_by = choose_directory(CACHE_DIR_ENV, default, default_by)
+    if path is None:
+        return {"compilation_cache_dir": None, "compilation_cache_set_by": set_by}
     version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     try:
         (path / f"support-{version}").mkdir(parents=True, exist_ok=True)
@@ -121,15 +120,9 @@ class Compiler:
 
     def info(self) -> dict[str, Any]:
         """The cache and the compile times, for the trainer's ``runtime_info``."""
-        if self._cache["compilation_cache_dir"] is None or self._hits + self._misses == 0:
-            warm = None  # no cache, or every kernel was compiled earlier in this process
-        else:
-            warm = self._misses == 0
         return {
             **self._cache,
-            "compilation_cache_hits": self._hits,
-            "compilation_cache_misses": self._misses,
-            "compilation_cache_warm": warm,
+            **cache_use(self._cache["compilation_cache_dir"], self._hits, self._misses),
             "compile_seconds": round(sum(self._seconds.values()), 4),
             "compile_seconds_by_program": {k: round(v, 4) for k, v in self._seconds.items()},
         }
