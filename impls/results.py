@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-SCHEMA = 2
+SCHEMA = 3
 
 
 class ResultError(ValueError):
@@ -215,6 +215,9 @@ class TrainingResult(Stored):
     predictions: list[int] | None = None
     peak_rss_bytes: int | None = None
     peak_rss_children_bytes: int | None = None
+    # One mark per timed round, in the order run: True when the canary timed beside the
+    # round (``RunSection.canary``) was slow, i.e. the round ran during a spell of the host.
+    spell_rounds: list[bool] | None = None
 
     def validate(self, where: str) -> None:
         if not self.history:
@@ -366,7 +369,12 @@ def from_extra_info(info: Any, where: str = "extra_info") -> CaseResult:
 
 @dataclass(frozen=True)
 class Timing(Stored):
-    """pytest-benchmark's statistics of a case's timed rounds, in seconds."""
+    """pytest-benchmark's statistics of a case's timed rounds, in seconds.
+
+    ``data`` is every round's seconds in the order run (pytest-benchmark's
+    ``--benchmark-save-data``, always on in ``benchmarks/``; absent before schema 3):
+    the sample the statistical comparison of two runs is made on.
+    """
 
     median: float
     q1: float
@@ -375,6 +383,7 @@ class Timing(Stored):
     min: float
     max: float
     rounds: int
+    data: list[float] | None = None
 
     def validate(self, where: str) -> None:
         for name in ("q1", "q3", "iqr", "min", "max"):
@@ -382,6 +391,11 @@ class Timing(Stored):
                 raise ResultError(f"{where}.{name} is {getattr(self, name)}, negative")
         check_positive(self.median, f"{where}.median")
         check_positive(self.rounds, f"{where}.rounds")
+        if self.data is not None:
+            if len(self.data) != self.rounds:
+                raise ResultError(f"{where}.data holds {len(self.data)} rounds, not {self.rounds}")
+            for i, seconds in enumerate(self.data):
+                check_positive(seconds, f"{where}.data[{i}]")
 
 
 @dataclass(frozen=True)
@@ -394,6 +408,14 @@ class Measurement:
     timing: Timing
     case: CaseResult
 
+    def __post_init__(self) -> None:
+        marks = self.spell_rounds
+        if marks is not None and len(marks) != self.timing.rounds:
+            raise ResultError(
+                f"benchmark {self.fullname!r}: spell_rounds holds {len(marks)} marks "
+                f"for {self.timing.rounds} timed rounds"
+            )
+
     @property
     def kind(self) -> str:
         return self.case.kind
@@ -405,6 +427,25 @@ class Measurement:
     @property
     def median(self) -> float:
         return self.timing.median
+
+    @property
+    def spell_rounds(self) -> list[bool] | None:
+        """Which timed rounds ran during a spell of the host (None: not recorded)."""
+        return getattr(self.case, "spell_rounds", None)
+
+    @property
+    def quiet_rounds(self) -> list[float] | None:
+        """The seconds of the rounds outside spells (None without per-round data and marks)."""
+        marks, data = self.spell_rounds, self.timing.data
+        if marks is None or data is None:
+            return None
+        return [seconds for seconds, spell in zip(data, marks, strict=True) if not spell]
+
+    @property
+    def quiet_median(self) -> float | None:
+        """The median of :attr:`quiet_rounds` (None when not recorded or every round was hit)."""
+        quiet = self.quiet_rounds
+        return statistics.median(quiet) if quiet else None
 
     def key(self) -> tuple:
         """What identifies the same measurement in another run."""

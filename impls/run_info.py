@@ -28,6 +28,7 @@ from impls.results import ResultError, Stored, check_fraction, check_positive
 # "not run" (the run stopped before it).
 OUTCOMES = ("passed", "failed", "skipped", "error", "not run")
 FAILED = ("failed", "error")
+SCHEDULES = ("round-robin", "blocks")
 
 
 # ------------------------------------------------------------------ machine
@@ -151,8 +152,14 @@ class RunSettings(Stored):
     sweep_rounds: int | None = None
     target_accuracy: float | None = None
     quick: bool = False
+    # How the main run's timed rounds were ordered: "round-robin" (an epoch of each
+    # implementation in turn) or "blocks" (each implementation's rounds back to back,
+    # the only order before schema 3).
+    schedule: str = "blocks"
 
     def validate(self, where: str) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ResultError(f"{where}.schedule is {self.schedule!r}, not one of {SCHEDULES}")
         for name in ("epochs", "threads", "batch_size", "sweep_rounds"):
             check_positive(getattr(self, name), f"{where}.{name}")
         check_fraction(self.target_accuracy, f"{where}.target_accuracy")
@@ -227,6 +234,43 @@ class Sample(Stored):
             )
 
 
+@dataclass(frozen=True)
+class Canary(Stored):
+    """The small fixed workload timed beside every timed round of the main run.
+
+    A round ran during a spell of the host (other work slowing this run's threads)
+    when a canary just before or just after it took over ``threshold`` times the
+    median canary of the run; its case's ``spell_rounds`` holds the marks.
+    """
+
+    what: str
+    threads: int
+    threshold: float
+    seconds: list[float]  # every canary, in the order run
+
+    def validate(self, where: str) -> None:
+        check_positive(self.threads, f"{where}.threads")
+        if not self.threshold > 1:
+            raise ResultError(f"{where}.threshold is {self.threshold}, not above 1")
+        if not self.seconds:
+            raise ResultError(f"{where}.seconds is empty")
+        for i, seconds in enumerate(self.seconds):
+            check_positive(seconds, f"{where}.seconds[{i}]")
+
+
+@dataclass(frozen=True)
+class InjectedSpell(Stored):
+    """A spell the run made on purpose (``--inject-spell``): CPU-burning processes."""
+
+    start_seconds: float  # after the benchmark session started
+    seconds: float
+    processes: int
+
+    def validate(self, where: str) -> None:
+        check_positive(self.seconds, f"{where}.seconds")
+        check_positive(self.processes, f"{where}.processes")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSection(Stored):
     """The top-level ``fmbench`` section: the run's identity, settings and tests."""
@@ -238,6 +282,8 @@ class RunSection(Stored):
     registry: dict[str, RegistryEntry] | None = None
     sweep_excluded: dict[str, str] | None = None  # implementation -> why
     sample: Sample | None = None
+    canary: Canary | None = None
+    injected_spells: list[InjectedSpell] | None = None
 
     def validate(self, where: str) -> None:
         check_positive(self.schema, f"{where}.schema")
