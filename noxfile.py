@@ -1,5 +1,7 @@
 """Developer and benchmark sessions: ``nox -s tests``, ``nox -s bench``, ``nox -s lint``.
 
+``nox -s spells`` checks that an injected slow spell leaves the main ratios in place.
+
 ``nox -s bench`` benchmarks every implementation and writes ``reports/latest/``;
 ``nox -s report -- FILES`` rebuilds the report from saved runs.
 
@@ -61,6 +63,17 @@ def bench(session: nox.Session) -> None:
         "python", "-m", "impls.report", str(BENCH_JSON),
         "--out", "reports/latest", "--previous", "auto", "--fail-on-failures",
     )  # fmt: skip
+
+
+@nox.session
+def spells(session: nox.Session) -> None:
+    """Inject slow spells into the benchmark and check the main ratios hold (a quiet host).
+
+    Extra arguments go to benchmarks/spell_check.py, e.g. ``-- --schedule blocks
+    --schedule round-robin`` to see both schedules side by side.
+    """
+    session.install("-e", ".[numpy,jax,bench]")
+    session.run("python", "benchmarks/spell_check.py", *session.posargs)
 
 
 @nox.session

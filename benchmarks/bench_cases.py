@@ -149,7 +149,8 @@ def has_no_case(item: pytest.Item) -> bool:
 
 
 def run_order(settings: Settings):
-    """The sort key of the test items: floors first, then each worker's cases, start-up last."""
+    """The sort key of the test items: floors first, then the main run (every implementation
+    in one schedule), then each worker's sweep points in a row, start-up last."""
     impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
     kind_rank = {"epoch": 0, "batch": 1, "threads": 2}
 
@@ -162,6 +163,7 @@ def run_order(settings: Settings):
         # The default thread count first, so that worker is reused by the sweeps.
         return (
             1,
+            case.kind != "epoch",
             impl_rank[case.impl],
             case.device,
             case.threads != settings.threads,

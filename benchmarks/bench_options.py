@@ -13,6 +13,7 @@ from bench_workers import DEFAULT_TIMEOUT
 
 from impls import registry
 from impls.config import TrainConfig, usable_cores
+from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
 QUICK_EPOCHS = 2
@@ -57,6 +58,8 @@ class Settings:
     startup_rounds: int = DEFAULT_STARTUP_ROUNDS
     batch_size: int = TrainConfig.batch_size
     sweep_warmup: int = 1
+    schedule: str = "round-robin"  # of the main run's timed rounds (bench_schedule.py)
+    inject_spells: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each spell
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -70,6 +73,19 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise pytest.UsageError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _spell(text: str) -> tuple[float, float]:
+    """``AT:SECONDS`` of ``--inject-spell`` as two non-negative numbers, the length positive."""
+    try:
+        at, seconds = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise pytest.UsageError(
+            f"--inject-spell {text!r}: expected AT:SECONDS, e.g. 6:4 (a 4 s spell 6 s into the run)"
+        ) from None
+    if not (0 <= at < float("inf") and 0 < seconds < float("inf")):
+        raise pytest.UsageError(f"--inject-spell {text!r}: AT must be >= 0 and SECONDS > 0")
+    return at, seconds
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -152,6 +168,22 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help=f"rounds of each start-up measurement, each in a fresh process where it starts "
         f"one (default {DEFAULT_STARTUP_ROUNDS})",
+    )
+    add(
+        "--schedule",
+        choices=SCHEDULES,
+        default="round-robin",
+        help="order of the main run's timed epochs: round-robin (default: one epoch of each "
+        "implementation in turn, so a slow spell of the host hits all alike) or blocks (each "
+        "implementation's epochs back to back)",
+    )
+    add(
+        "--inject-spell",
+        action="append",
+        default=[],
+        metavar="AT:SECONDS",
+        help="make a spell on purpose: as many CPU-burning processes as threads, AT seconds "
+        "after the session starts, for SECONDS (repeatable; shows what the schedule withstands)",
     )
     add(
         "--sweep-slow",
@@ -251,4 +283,6 @@ def resolve_settings(config: pytest.Config) -> Settings:
         epoch_timeout_min=option("epoch_timeout_min"),
         startup=not option("no_startup"),
         startup_rounds=startup_rounds,
+        schedule=option("schedule"),
+        inject_spells=tuple(_spell(text) for text in option("inject_spell")),
     )

@@ -222,58 +222,64 @@ def epoch_timeout(warmup_seconds: float, factor: float, minimum: float) -> float
 
 @dataclass
 class WorkerPool:
-    """Keeps the most recent worker alive for reuse; starts a fresh one for another key.
+    """Keeps workers alive for reuse, one per (implementation, device, threads).
 
-    The tests are ordered so that every case of one (implementation, device,
-    threads) runs in a row: at most one worker exists at any time. An
-    implementation whose worker had to be killed for not answering is marked
-    broken on that device: its later cases fail at once (:class:`WorkerBroken`)
-    instead of hanging again, each for the whole timeout.
+    The main run keeps every implementation's worker alive at once
+    (``keep_others=True``: its rounds are interleaved); otherwise asking for a
+    worker stops the others, and the tests are ordered so that every case of one
+    worker runs in a row. An implementation whose worker had to be killed for not
+    answering is marked broken on that device: its later cases fail at once
+    (:class:`WorkerBroken`) instead of hanging again, each for the whole timeout.
     """
 
     data_dir: str | None
     timeout: float
     on_info: Callable[[str, dict], None] = lambda impl, info: None
-    _key: tuple | None = None
-    _worker: Worker | None = None
+    _workers: dict[tuple, Worker] = field(default_factory=dict)
     broken: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def get(self, case) -> Worker:
+    @staticmethod
+    def _key(case) -> tuple:
+        return (case.impl, case.device, case.threads)
+
+    def get(self, case, *, keep_others: bool = False) -> Worker:
         """The worker of ``case``'s implementation, device and threads (started if needed)."""
-        key = (case.impl, case.device, case.threads)
-        if self._worker is not None and (self._key != key or not self._worker.alive()):
-            self.close()
+        key = self._key(case)
+        for other, worker in list(self._workers.items()):
+            if (other != key and not keep_others) or not worker.alive():
+                self._close(other)
         why = self.broken.get((case.impl, case.device))
         if why is not None:
             raise WorkerBroken(
                 f"{case.impl} on {case.device} not tried again: it hung earlier in this run ({why})"
             )
-        if self._worker is None:
+        if key not in self._workers:
             reason = missing_reason(case.impl)
             if reason:
                 raise WorkerSkip(reason)
+            worker = None
             try:
-                self._worker = Worker(
+                worker = Worker(
                     case.impl,
                     case.device,
                     case.threads,
                     data_dir=self.data_dir,
                     timeout=self.timeout,
                 )
-                self._key = key
-                self._worker.request("load")
+                self._workers[key] = worker
+                worker.request("load")
             except WorkerTimeout as error:
                 self.broken[(case.impl, case.device)] = str(error).splitlines()[0]
-                self.close()
+                self._close(key)
                 raise
             except WorkerError:
-                self.close()
+                self._close(key)
                 raise
-        return self._worker
+        return self._workers[key]
 
-    def build(self, case, **config: object) -> dict:
+    def build(self, case, *, keep_others: bool = False, **config: object) -> dict:
         """Build ``case``'s trainer in its worker; a device the framework lacks is a skip."""
-        worker = self.get(case)
+        worker = self.get(case, keep_others=keep_others)
         reply = request_build(
             worker,
             {
@@ -287,14 +293,22 @@ class WorkerPool:
         self.on_info(case.impl, {"device": case.device, "threads": case.threads, **reply})
         return reply
 
-    def close(self) -> None:
-        """Stop the current worker; remember its implementation as broken if it hung."""
-        worker = self._worker
+    def discard(self, case) -> None:
+        """Stop ``case``'s worker, if it has one (after it failed)."""
+        self._close(self._key(case))
+
+    def _close(self, key: tuple) -> None:
+        """Stop one worker; remember its implementation as broken if it hung."""
+        worker = self._workers.pop(key, None)
         if worker is not None:
             if worker.timed_out:
                 self.broken[(worker.impl, worker.device)] = worker.timed_out
             worker.close()
-        self._worker, self._key = None, None
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for key in list(self._workers):
+            self._close(key)
 
 
 @dataclass

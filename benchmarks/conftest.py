@@ -24,12 +24,14 @@ What goes into the JSON besides pytest-benchmark's own fields:
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from pathlib import Path
 
 import bench_cases
 import bench_machine
 import bench_options
+import bench_schedule
 import bench_workers
 import numpy as np
 import pytest
@@ -49,7 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     bench_options.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config: pytest.Config) -> None:
+    # Every round's seconds go into the JSON: the sample runs are compared on.
+    config.option.benchmark_save_data = True
     config.addinivalue_line("markers", "sweep: a batch-size or thread sweep point (benchmarks/)")
     config.addinivalue_line("markers", "startup: a start-up measurement (benchmarks/)")
     if not config.pluginmanager.hasplugin("benchmark"):
@@ -63,12 +68,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "outcomes": {},  # nodeid -> {"outcome", "reason", "when"}
         "frameworks": {},  # implementation -> what its worker reported
         "sample": None,
+        "main_run": None,  # the main run's schedule, once a test asked for it
+        "spells": bench_schedule.SpellInjector(
+            config.stash[SETTINGS_KEY].inject_spells, processes=config.stash[SETTINGS_KEY].threads
+        ),
     }
     _STATE["state"] = config.stash[STATE_KEY]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Arm the injected spells (``--inject-spell``): their times count from here."""
+    session.config.stash[STATE_KEY]["spells"].start(time.monotonic())
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    _STATE.pop("state", None)
+    state = _STATE.pop("state", None)
+    if state is not None:
+        state["spells"].close()  # no burner outlives the run
 
 
 # ------------------------------------------------------------------ test cases
@@ -188,6 +204,16 @@ def workers(pytestconfig: pytest.Config, settings: bench_options.Settings, datas
     pool.close()
 
 
+@pytest.fixture(scope="session")
+def main_run(request: pytest.FixtureRequest, settings: bench_options.Settings, workers):
+    """The main run's schedule over every selected ``test_epoch`` case (run on first use)."""
+    cases = [bench_cases.item_case(item) for item in request.session.items]
+    epoch_cases = [c for c in cases if isinstance(c, bench_cases.Case) and c.kind == "epoch"]
+    schedule = bench_schedule.MainRun(settings, workers, epoch_cases)
+    request.config.stash[STATE_KEY]["main_run"] = schedule
+    return schedule
+
+
 # ------------------------------------------------------- pytest-benchmark hooks
 
 
@@ -222,5 +248,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
             for nodeid, described in state["tests"].items()
         ],
         "sample": state["sample"],
+        "canary": _canary(state["main_run"]),
+        "injected_spells": [spell.as_dict() for spell in state["spells"].records()],
         "cwd": str(Path.cwd()),
     }
+
+
+def _canary(schedule: bench_schedule.MainRun | None) -> dict | None:
+    """The main run's canary as the JSON stores it, or None when no main run was timed."""
+    if schedule is None or not schedule.canary.seconds:
+        return None
+    return schedule.canary.record().as_dict()

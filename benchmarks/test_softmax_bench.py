@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bench_cases
 import bench_floors
+import bench_schedule
 import bench_workers
 import pytest
 from bench_options import Settings
@@ -101,13 +102,20 @@ def _measure(
     )
     epochs.warm_up(warmup)
     benchmark.pedantic(epochs.train, setup=epochs.setup, rounds=rounds, iterations=1)
-    fields = {
+    return epochs, _fields(case, epochs, build, warmup=warmup)
+
+
+def _fields(
+    case: bench_cases.Case, epochs: bench_workers.EpochRequests, build: dict, *, warmup: int
+):
+    """The :class:`TrainingResult` fields every training case records, history included."""
+    return {
         "kind": case.kind,
         "implementation": case.impl,
         "device": case.device,
         "threads": case.threads,
         "batch_size": case.batch_size,
-        "num_train": worker.hello["num_train"],
+        "num_train": epochs.worker.hello["num_train"],
         "history": epochs.finish(),
         "config": build["config"],
         "runtime": build["runtime"],
@@ -115,27 +123,31 @@ def _measure(
         "import_seconds": build["import_seconds"],
         "warmup_epochs": warmup,
     }
-    return epochs, fields
 
 
 def test_epoch(
-    benchmark, settings: Settings, workers: bench_workers.WorkerPool, epoch_case: bench_cases.Case
+    benchmark, settings: Settings, main_run: bench_schedule.MainRun, epoch_case: bench_cases.Case
 ) -> None:
-    """Steady-state epoch time: epoch 1 is warm-up, epochs 2..E the timed rounds."""
-    epochs, fields = _measure(
-        benchmark,
-        settings,
-        epoch_case,
-        workers,
-        warmup=1,
-        rounds=settings.epochs - 1,
-        evaluate_each=True,
-    )
+    """Steady-state epoch time: epoch 1 is warm-up, epochs 2..E the timed rounds.
+
+    Every implementation's rounds are timed in one schedule (bench_schedule.py,
+    round-robin by default) the first time a case asks; each test then records
+    its own rounds and reads its worker's history, predictions and memory."""
+    benchmark.group = epoch_case.group
+    run = main_run.outcome(epoch_case)
+    if isinstance(run.error, bench_workers.WorkerSkip):
+        pytest.skip(f"{epoch_case.impl}: {run.error}")
+    if run.error is not None:
+        raise run.error
+    bench_schedule.record_rounds(benchmark, run.seconds)
+    epochs = run.epochs
+    fields = _fields(epoch_case, epochs, run.build, warmup=1)
     predictions = epochs.request("predict", count=PREDICTION_COUNT)["predictions"]
     result = TrainingResult(
         **fields,
         target_accuracy=settings.target_accuracy,
         predictions=predictions,
+        spell_rounds=run.spell_rounds,
         **_memory(epochs),
     )
     benchmark.extra_info.update(to_extra_info(result))

@@ -240,7 +240,8 @@ class Canary(Stored):
 
     A round ran during a spell of the host (other work slowing this run's threads)
     when a canary just before or just after it took over ``threshold`` times the
-    median canary of the run; its case's ``spell_rounds`` holds the marks.
+    run's quiet canary, the lower quartile of ``seconds``; its case's
+    ``spell_rounds`` holds the marks.
     """
 
     what: str

@@ -1,0 +1,178 @@
+"""The main run's schedule: rounds interleaved, failures kept apart, spells found and injected."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench_options
+import bench_schedule
+import bench_workers
+from bench_cases import Case
+
+EPOCHS = 4  # one warm-up epoch, three timed rounds
+
+
+def settings(schedule: str, impls=("a", "b", "c")) -> bench_options.Settings:
+    return bench_options.Settings(
+        impls=impls, devices=("cpu",), threads=1, quick=False, epochs=EPOCHS, sweep_rounds=1,
+        limit_rounds=1, target_accuracy=0.8, batch_sizes=(256,), sweep_threads=(1,),
+        sweeps=False, sweep_slow=False, data_dir=None, worker_timeout=10.0, schedule=schedule,
+    )  # fmt: skip
+
+
+class FakeWorker:
+    """Answers every request; logs its ``train`` requests; may fail on the n-th one."""
+
+    def __init__(self, impl: str, log: list[str], fail_on_train: int | None = None) -> None:
+        self.impl, self.log, self.fail_on_train, self.trains = impl, log, fail_on_train, 0
+
+    def request(self, cmd: str, *, timeout: float | None = None, **fields) -> dict:
+        if cmd == "train":
+            self.trains += 1
+            if self.trains == self.fail_on_train:
+                raise bench_workers.WorkerError(f"{self.impl} worker died during 'train'")
+            self.log.append(self.impl)
+        return {}
+
+
+class FakePool:
+    """The :class:`bench_workers.WorkerPool` calls the schedule makes, on fake workers."""
+
+    def __init__(self, workers: dict[str, FakeWorker], missing: tuple[str, ...] = ()) -> None:
+        self.workers, self.missing, self.discarded = workers, missing, []
+
+    def build(self, case: Case, *, keep_others: bool = False, **config) -> dict:
+        assert keep_others, "the main run needs every worker alive at once"
+        if case.impl in self.missing:
+            raise bench_workers.WorkerSkip("framework missing")
+        return {"config": config}
+
+    def get(self, case: Case, *, keep_others: bool = False) -> FakeWorker:
+        assert keep_others
+        return self.workers[case.impl]
+
+    def discard(self, case: Case) -> None:
+        self.discarded.append(case.impl)
+
+
+class FakeCanary:
+    """A canary whose n-th timing is given: slow where a spell is pretended."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self._planned, self.seconds = list(seconds), []
+
+    def __call__(self) -> int:
+        self.seconds.append(self._planned[len(self.seconds)])
+        return len(self.seconds) - 1
+
+
+def schedule_of(schedule: str, *, fail: dict[str, int] | None = None, missing=()):
+    """A main run over fake implementations a, b, c; returns (run, train log, pool)."""
+    log: list[str] = []
+    fail = fail or {}
+    workers = {name: FakeWorker(name, log, fail.get(name)) for name in "abc"}
+    pool = FakePool(workers, missing)
+    cases = [Case("epoch", name, "cpu", 1, 256) for name in "abc"]
+    main = bench_schedule.MainRun(settings(schedule), pool, cases)
+    return main, cases, log, pool
+
+
+def test_round_robin_times_one_epoch_of_each_in_turn_rotating_the_order() -> None:
+    main, cases, log, _ = schedule_of("round-robin")
+    runs = [main.outcome(case) for case in cases]
+    warm_up, timed = log[:3], log[3:]
+    assert warm_up == ["a", "b", "c"]
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(run.seconds) == EPOCHS - 1 and run.error is None for run in runs)
+    assert len(main.canary.seconds) == 3 * (EPOCHS - 1) + 1  # one before each round, one after
+    assert all(len(run.spell_rounds) == EPOCHS - 1 for run in runs)
+
+
+def test_blocks_times_each_implementation_back_to_back() -> None:
+    main, cases, log, _ = schedule_of("blocks")
+    main.outcome(cases[0])
+    assert log[3:] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+def test_a_failing_implementation_keeps_its_error_and_the_others_go_on() -> None:
+    main, cases, log, pool = schedule_of("round-robin", fail={"b": 3}, missing=("c",))
+    a, b, c = (main.outcome(case) for case in cases)
+    assert isinstance(c.error, bench_workers.WorkerSkip) and c.seconds == []
+    assert isinstance(b.error, bench_workers.WorkerError) and len(b.seconds) == 1
+    assert a.error is None and len(a.seconds) == EPOCHS - 1
+    assert pool.discarded == ["c", "b"]  # each freed once, when it failed
+    assert log.count("b") == 2  # warm-up and one round; never asked again after failing
+
+
+def test_the_rounds_beside_a_slow_canary_are_marked() -> None:
+    main, cases, _, _ = schedule_of("round-robin")
+    # Canary k is timed just before the k-th of the nine rounds a b c | b c a | c a b and
+    # just after the one before it: canary 4, slow, marks b's and c's second rounds.
+    main.canary = FakeCanary([1.0, 1.1, 0.9, 1.0, 3.0, 1.0, 1.05, 1.0, 0.95, 1.0])
+    a, b, c = (main.outcome(case) for case in cases)
+    assert a.spell_rounds == [False, False, False]
+    assert b.spell_rounds == [False, True, False]
+    assert c.spell_rounds == [False, True, False]
+
+
+def test_spells_are_found_even_when_they_cover_most_of_the_run() -> None:
+    """The quiet canary is the lower quartile: a median would call a long spell the norm."""
+    seconds = [1.0, 1.0, 3.0, 3.1, 2.9, 3.0, 1.0]
+    marks = bench_schedule.spell_marks(seconds, before=[0, 1, 2, 3, 4, 5], threshold=1.5)
+    assert marks == [False, True, True, True, True, True]
+    assert bench_schedule.spell_marks([1.0], before=[], threshold=1.5) == []
+
+
+def test_the_canary_times_a_real_product() -> None:
+    pytest.importorskip("threadpoolctl")
+    canary = bench_schedule.Canary(threads=1)
+    assert [canary(), canary()] == [0, 1]
+    record = canary.record()
+    assert record.threshold == bench_schedule.SPELL_THRESHOLD and len(record.seconds) == 2
+    assert all(seconds > 0 for seconds in record.seconds)
+    assert "384 x 384" in record.what
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("6:4", (6.0, 4.0)), ("0:0.5", (0.0, 0.5)), ("12.5:4", (12.5, 4.0))]
+)
+def test_an_injected_spell_is_given_as_at_and_seconds(text, expected) -> None:
+    assert bench_options._spell(text) == expected
+
+
+@pytest.mark.parametrize("text", ["6", "a:b", "6:0", "-1:4", "6:4:2", "inf:4", "6:nan"])
+def test_a_bad_injected_spell_is_refused_naming_it(text) -> None:
+    with pytest.raises(pytest.UsageError, match="--inject-spell"):
+        bench_options._spell(text)
+
+
+def _wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_injected_spells_burn_when_asked_and_close_stops_them() -> None:
+    injector = bench_schedule.SpellInjector([(0.0, 60.0), (3600.0, 1.0)], processes=2)
+    injector.start(time.monotonic())
+    try:
+        assert _wait_for(lambda: len(injector._burners) == 2)
+        assert all(burner.poll() is None for burner in injector._burners)  # still burning
+    finally:
+        injector.close()
+    assert all(burner.poll() is not None for burner in injector._burners)
+    time.sleep(0.2)
+    assert len(injector._burners) == 2  # the spell an hour away never started
+    records = injector.records()
+    assert [(r.start_seconds, r.seconds, r.processes) for r in records] == [
+        (0.0, 60.0, 2),
+        (3600.0, 1.0, 2),
+    ]
