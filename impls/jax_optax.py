@@ -1,12 +1,20 @@
-"""Softmax regression in JAX: ``jax.value_and_grad``, ``optax.sgd``, whole epochs compiled.
+"""Softmax regression in JAX: ``jax.value_and_grad``, ``optax.sgd``, compiled two ways.
 
 The maths is four pure functions: :func:`forward` (logits), :func:`cross_entropy`
 (per-example losses), :func:`count_correct` and :func:`train_step`, one SGD step
-on one batch. :func:`epoch_fn` runs a whole epoch as one XLA program:
-``lax.scan`` of :func:`train_step` over the full minibatches of the shared
-order, then one step for the last partial batch, each on its own batch mean.
-:class:`JaxTrainer` holds the state on one device; devices, threads and
-ahead-of-time compilation come from :mod:`impls.jax_support`.
+on one batch. Two strategies run them, two registry entries of this one module:
+
+* ``jax`` (:func:`make_trainer`): :func:`epoch_fn` runs a whole epoch as one XLA
+  program, ``lax.scan`` of :func:`train_step` over the full minibatches of the
+  shared order, then one step for the last partial batch;
+* ``jax-step`` (:func:`make_step_trainer`): :func:`gathered_step`, one step, is
+  the compiled program, called from a Python loop once per batch, the style of
+  JAX's own MNIST example; so the report separates what JAX gains from
+  compiling a step and from compiling the epoch.
+
+Each step is on its own batch mean. :class:`JaxTrainer` holds the state on one
+device; devices, threads and ahead-of-time compilation come from
+:mod:`impls.jax_support`.
 
 The weights live transposed (:class:`Linear`); the uint8 images go to the device
 once, as they are, and each step gathers and converts its rows in the program.
@@ -27,7 +35,7 @@ import optax
 
 from impls import jax_support
 from impls.config import TrainConfig
-from impls.data import NUM_INPUTS, FashionMNIST, check_order, to_float32
+from impls.data import NUM_INPUTS, FashionMNIST, batch_bounds, check_order, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 
 # ---------------------------------------------------------------------- maths
@@ -113,6 +121,22 @@ def train_step(
 # ------------------------------------------------------------------- programs
 
 
+def gathered_step(
+    optimizer: optax.GradientTransformation,
+    params: Linear,
+    opt_state: optax.OptState,
+    pixels: jax.Array,
+    labels: jax.Array,
+    index: jax.Array,
+    divisor: jax.Array,
+) -> tuple[Linear, optax.OptState, jax.Array, jax.Array]:
+    """:func:`train_step` on the rows ``index`` of the training set (in bounds: checked on
+    the host), gathered in the program."""
+    batch_x = pixels.at[index].get(mode="promise_in_bounds")
+    batch_y = labels.at[index].get(mode="promise_in_bounds")
+    return train_step(optimizer, divisor, params, opt_state, batch_x, batch_y)
+
+
 def epoch_fn(
     optimizer: optax.GradientTransformation,
     batch_size: int,
@@ -126,13 +150,11 @@ def epoch_fn(
     """A whole epoch over ``order``: per-batch loss sums and correct counts, in batch order.
 
     ``lax.scan`` runs the full batches; the remaining examples, if any, make one
-    last, shorter batch. Each step gathers its rows (in bounds: checked on the host).
+    last, shorter batch.
     """
 
     def step(params: Linear, opt_state: optax.OptState, index: jax.Array) -> tuple:
-        batch_x = pixels.at[index].get(mode="promise_in_bounds")
-        batch_y = labels.at[index].get(mode="promise_in_bounds")
-        return train_step(optimizer, divisor, params, opt_state, batch_x, batch_y)
+        return gathered_step(optimizer, params, opt_state, pixels, labels, index, divisor)
 
     full = order.shape[0] // batch_size
     loss_sums = jnp.zeros((0,), jnp.float32)
@@ -166,10 +188,15 @@ def evaluate_fn(
 
 
 class JaxTrainer:
-    """The protocol's stateful shell: parameters, data and compiled programs on one device."""
+    """The protocol's stateful shell: parameters, data and compiled programs on one device.
 
-    def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
-        self._config = config
+    ``per_step``: one compiled step per batch from a Python loop, else one compiled epoch.
+    """
+
+    def __init__(
+        self, data: FashionMNIST, params: Params, config: TrainConfig, *, per_step: bool = False
+    ) -> None:
+        self._config, self._per_step = config, per_step
         self._setup = jax_support.initialise_backends(config.threads)
         self._device = jax_support.select_device(config.device)
         self._compiler = jax_support.Compiler()
@@ -183,9 +210,19 @@ class JaxTrainer:
         self._optimizer = optax.sgd(config.lr)
         self._opt_state = put(self._optimizer.init(self._params))
         self._epoch_jit = jax.jit(partial(epoch_fn, self._optimizer, config.batch_size))
+        self._step_jit = jax.jit(partial(gathered_step, self._optimizer))
         self._predict_jit = jax.jit(lambda params, x: jnp.argmax(forward(params, x), axis=1))
-        self._epochs: dict[int, Callable[..., Any]] = {}
-        self._epoch_program(data.num_train)  # compile now: the first epoch times training only
+        self._programs: dict[tuple[str, int], Callable[..., Any]] = {}
+        # Compile now, so that the first epoch times training only: the epoch, or the step
+        # for each batch length an epoch has (the full batches and the last, shorter one).
+        if per_step:
+            lengths = {
+                stop - start for start, stop in batch_bounds(data.num_train, config.batch_size)
+            }
+            for length in sorted(lengths, reverse=True):
+                self._program("train_step", length)
+        else:
+            self._program("train_epoch", data.num_train)
         args = (self._params, self._test_x, self._test_y, self._divisor)
         self._evaluate = self._compiler.compile("evaluate", jax.jit(evaluate_fn), *args)
         jax.block_until_ready((self._train_x, self._train_y, self._test_x, self._test_y))
@@ -193,27 +230,53 @@ class JaxTrainer:
     def _epoch_args(self, order: Any) -> tuple:
         return (self._params, self._opt_state, self._train_x, self._train_y, order, self._divisor)
 
-    def _epoch_program(self, length: int) -> Callable[..., Any]:
-        """The compiled epoch for orders of ``length`` (compiled once per length)."""
-        if length not in self._epochs:
+    def _step_args(self, params: Linear, opt_state: optax.OptState, index: Any) -> tuple:
+        return (params, opt_state, self._train_x, self._train_y, index, self._divisor)
+
+    def _program(self, kind: str, length: int) -> Callable[..., Any]:
+        """The compiled ``train_epoch`` for orders, or ``train_step`` for batches, of
+        ``length`` (compiled once per length)."""
+        if (kind, length) not in self._programs:
             sharding = jax.sharding.SingleDeviceSharding(self._device)
-            order = jax.ShapeDtypeStruct((length,), jnp.int32, sharding=sharding)
-            self._epochs[length] = self._compiler.compile(
-                f"train_epoch[{length}]", self._epoch_jit, *self._epoch_args(order)
+            indices = jax.ShapeDtypeStruct((length,), jnp.int32, sharding=sharding)
+            jitted, args = (
+                (self._epoch_jit, self._epoch_args(indices))
+                if kind == "train_epoch"
+                else (self._step_jit, self._step_args(self._params, self._opt_state, indices))
             )
-        return self._epochs[length]
+            self._programs[kind, length] = self._compiler.compile(
+                f"{kind}[{length}]", jitted, *args
+            )
+        return self._programs[kind, length]
 
     def train_epoch(self, order: np.ndarray) -> EpochStats:
-        order = check_order(order, self._train_y.shape[0])
-        program = self._epoch_program(len(order))
-        order_on_device = jax.device_put(order.astype(np.int32), self._device)
-        self._params, self._opt_state, loss_sums, corrects = program(
-            *self._epoch_args(order_on_device)
-        )
+        order = check_order(order, self._train_y.shape[0]).astype(np.int32)
+        if self._per_step:
+            loss_sums, corrects = self._train_steps(order)
+        else:
+            program = self._program("train_epoch", len(order))
+            order_on_device = jax.device_put(order, self._device)
+            self._params, self._opt_state, loss_sums, corrects = program(
+                *self._epoch_args(order_on_device)
+            )
         jax.block_until_ready(self._params)
         loss = float(np.asarray(loss_sums).sum(dtype=np.float64))
         correct = int(np.asarray(corrects).sum(dtype=np.int64))
         return EpochStats(loss / len(order), correct / len(order))
+
+    def _train_steps(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch as one compiled step per batch; each batch's indices go to the device
+        as the step's argument. Dispatch is asynchronous: nothing waits until the end."""
+        params, opt_state, loss_sums, corrects = self._params, self._opt_state, [], []
+        for start, stop in batch_bounds(len(order), self._config.batch_size):
+            step = self._program("train_step", stop - start)
+            params, opt_state, loss, correct = step(
+                *self._step_args(params, opt_state, order[start:stop])
+            )
+            loss_sums.append(loss)
+            corrects.append(correct)
+        self._params, self._opt_state = params, opt_state
+        return np.asarray(jax.device_get(loss_sums)), np.asarray(jax.device_get(corrects))
 
     def evaluate(self) -> Evaluation:
         losses, correct = self._evaluate(self._params, self._test_x, self._test_y, self._divisor)
@@ -231,6 +294,11 @@ class JaxTrainer:
 
     def runtime_info(self) -> Mapping[str, object]:
         return {
+            "strategy": (
+                "jit of one step, called per batch from Python; uint8 on device"
+                if self._per_step
+                else "whole epoch compiled (lax.scan); uint8 on device"
+            ),
             "device": self._device.platform,
             "device_name": str(self._device),
             **jax_support.versions(),
@@ -241,7 +309,13 @@ class JaxTrainer:
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> JaxTrainer:
+    """The ``jax`` entry: every epoch one compiled program."""
     return JaxTrainer(data, params, config)
+
+
+def make_step_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> JaxTrainer:
+    """The ``jax-step`` entry: one compiled step per batch, looped over in Python."""
+    return JaxTrainer(data, params, config, per_step=True)
 
 
 def available_devices() -> list[str]:

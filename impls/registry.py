@@ -44,6 +44,8 @@ class Implementation:
     follows_shared_order: bool = True
     # The environment variable naming its persistent compilation cache, if it keeps one.
     compile_cache_env: str | None = None
+    # The module's function that builds the trainer (a module may hold several strategies).
+    factory: str = "make_trainer"
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -101,6 +103,15 @@ REGISTRY: dict[str, Implementation] = {
             compile_cache_env="FMBENCH_JAX_CACHE_DIR",
         ),
         Implementation(
+            "jax-step",
+            "impls.jax_optax",
+            ("jax", "optax"),
+            "jax",
+            "JAX jit + optax, one compiled step per batch from a Python loop",
+            compile_cache_env="FMBENCH_JAX_CACHE_DIR",
+            factory="make_step_trainer",
+        ),
+        Implementation(
             "numba",
             "impls.numba_fused",
             ("numba",),
@@ -133,7 +144,8 @@ def get(name: str) -> Implementation:
 
 def make_trainer(name: str, data: FashionMNIST, params: Params, config: TrainConfig) -> Trainer:
     """Build implementation ``name``'s trainer on ``data`` from the shared ``params``."""
-    return get(name).load().make_trainer(data, params, config)
+    impl = get(name)
+    return getattr(impl.load(), impl.factory)(data, params, config)
 
 
 def available_devices(name: str) -> list[str]:
