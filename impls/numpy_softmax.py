@@ -185,7 +185,12 @@ class NumpyTrainer:
             f"{info['internal_api']} {info.get('version') or ''}".strip()
             for info in self._threads.select(user_api="blas").info()
         ]
-        return {"device": "cpu", "threads": self._config.threads, "blas": ", ".join(blas)}
+        return {
+            "strategy": "eager, per batch: uint8 rows gathered and converted, fused in-place step",
+            "device": "cpu",
+            "threads": self._config.threads,
+            "blas": ", ".join(blas),
+        }
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> NumpyTrainer:

@@ -82,7 +82,10 @@ class TorchNNTrainer:
         return linear_params(self._net[1])
 
     def runtime_info(self) -> Mapping[str, object]:
-        return runtime_info(self._device, self._threads)
+        return {
+            "strategy": "eager, per batch: float32 on device, nn.Linear, optim.SGD",
+            **runtime_info(self._device, self._threads),
+        }
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchNNTrainer:

@@ -130,7 +130,10 @@ class TorchScratchTrainer:
         )
 
     def runtime_info(self) -> Mapping[str, object]:
-        return runtime_info(self._device, self._threads)
+        return {
+            "strategy": "eager, per batch: float32 on device, autograd, hand-written SGD",
+            **runtime_info(self._device, self._threads),
+        }
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchScratchTrainer:
