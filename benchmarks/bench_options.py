@@ -16,6 +16,7 @@ from impls.config import TrainConfig, usable_cores
 from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
+DEFAULT_SEEDS = 3
 QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 5
 DEFAULT_LIMIT_ROUNDS = 30
@@ -59,6 +60,7 @@ class Settings:
     batch_size: int = TrainConfig.batch_size
     sweep_warmup: int = 1
     schedule: str = "round-robin"  # of the main run's timed rounds (bench_schedule.py)
+    seeds: tuple[int, ...] = (TrainConfig.seed,)  # the main run trains once per seed
     inject_spells: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each spell
 
     def as_dict(self) -> dict[str, object]:
@@ -170,6 +172,22 @@ def add_options(parser: pytest.Parser) -> None:
         f"one (default {DEFAULT_STARTUP_ROUNDS})",
     )
     add(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"train the main run from N seeds (default {DEFAULT_SEEDS}, 1 with --quick): "
+        "each seed its own initial weights and minibatch order, the same for every "
+        "implementation; accuracy is given as mean and sd over them",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=TrainConfig.seed,
+        metavar="S",
+        help=f"the first seed (default {TrainConfig.seed}); the others follow it: S+1, S+2...",
+    )
+    add(
         "--schedule",
         choices=SCHEDULES,
         default="round-robin",
@@ -248,6 +266,11 @@ def resolve_settings(config: pytest.Config) -> Settings:
     sweep_rounds = _given_or(option("sweep_rounds"), 1 if quick else DEFAULT_SWEEP_ROUNDS)
     if sweep_rounds < 1:
         raise pytest.UsageError(f"--sweep-rounds must be positive, got {sweep_rounds}")
+    seed_count = _given_or(option("seeds"), 1 if quick else DEFAULT_SEEDS)
+    if seed_count < 1:
+        raise pytest.UsageError(f"--seeds must be positive, got {seed_count}")
+    if option("seed") < 0:
+        raise pytest.UsageError(f"--seed must be non-negative, got {option('seed')}")
     startup_rounds = option("startup_rounds")
     if startup_rounds is None:
         startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
@@ -284,5 +307,6 @@ def resolve_settings(config: pytest.Config) -> Settings:
         startup=not option("no_startup"),
         startup_rounds=startup_rounds,
         schedule=option("schedule"),
+        seeds=tuple(range(option("seed"), option("seed") + seed_count)),
         inject_spells=tuple(_spell(text) for text in option("inject_spell")),
     )

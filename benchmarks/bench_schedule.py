@@ -27,12 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import bench_workers
 import numpy as np
 from bench_cases import Case
 from bench_options import Settings
 
+from impls.figures import PREDICTION_COUNT
+from impls.results import EpochRecord
 from impls.run_info import Canary as CanaryRecord
 from impls.run_info import InjectedSpell
 
@@ -103,7 +106,9 @@ class CaseRun:
 
     case: Case
     epochs: bench_workers.EpochRequests | None = None
-    build: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)  # the first seed's build
+    histories: list[tuple[int, list[EpochRecord]]] = field(default_factory=list)  # per seed
+    predictions: list[int] = field(default_factory=list)  # the first seed's model
     seconds: list[float] = field(default_factory=list)
     canary_before: list[int] = field(default_factory=list)  # per round, the canary's index
     error: Exception | None = None  # raised again by the case's own test
@@ -134,9 +139,21 @@ class MainRun:
         return self.runs[case]
 
     def _run(self) -> None:
+        for seed in self.settings.seeds:
+            for run in self.runs.values():
+                self._guard(run, partial(self._warm_up, seed=seed))
+            self._time_rounds([run for run in self.runs.values() if run.error is None])
+            self.canary()  # the one after the seed's last round
+            for run in self.runs.values():
+                self._guard(run, partial(self._keep_seed, seed=seed))
         for run in self.runs.values():
-            self._guard(run, self._warm_up)
-        live = [run for run in self.runs.values() if run.error is None]
+            if run.error is None:
+                run.spell_rounds = spell_marks(
+                    self.canary.seconds, run.canary_before, SPELL_THRESHOLD
+                )
+
+    def _time_rounds(self, live: list[CaseRun]) -> None:
+        """One seed's timed epochs of every live case, in the settings' schedule."""
         rounds = self.settings.epochs - 1
         if self.settings.schedule == "blocks":
             for run in live:
@@ -147,12 +164,6 @@ class MainRun:
                 shift = cycle % len(live) if live else 0
                 for run in live[shift:] + live[:shift]:
                     self._guard(run, self._time_epoch)
-        self.canary()  # the one after the last round
-        for run in live:
-            if run.error is None:
-                run.spell_rounds = spell_marks(
-                    self.canary.seconds, run.canary_before, SPELL_THRESHOLD
-                )
 
     def _guard(self, run: CaseRun, step: Callable[[CaseRun], None]) -> None:
         """Run ``step`` unless the case already failed; keep its error, free its worker."""
@@ -164,9 +175,11 @@ class MainRun:
             run.error = error
             self.workers.discard(run.case)
 
-    def _warm_up(self, run: CaseRun) -> None:
+    def _warm_up(self, run: CaseRun, seed: int) -> None:
+        """Build the case's trainer from ``seed`` and train its untimed first epoch."""
         settings = self.settings
-        run.build = self.workers.build(run.case, keep_others=True, epochs=settings.epochs)
+        build = self.workers.build(run.case, keep_others=True, epochs=settings.epochs, seed=seed)
+        run.build = run.build or build
         run.epochs = bench_workers.EpochRequests(
             self.workers.get(run.case, keep_others=True),
             evaluate_each_epoch=True,
@@ -174,6 +187,13 @@ class MainRun:
             timeout_min=settings.epoch_timeout_min,
         )
         run.epochs.warm_up(1)
+
+    def _keep_seed(self, run: CaseRun, seed: int) -> None:
+        """Fetch the seed's history (and, for the first seed, the model's predictions)."""
+        run.histories.append((seed, run.epochs.finish()))
+        if not run.predictions:
+            reply = run.epochs.request("predict", count=PREDICTION_COUNT)
+            run.predictions = reply["predictions"]
 
     def _time_epoch(self, run: CaseRun) -> None:
         run.epochs.setup()

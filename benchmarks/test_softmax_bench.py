@@ -17,8 +17,14 @@ import bench_workers
 import pytest
 from bench_options import Settings
 
-from impls.figures import PREDICTION_COUNT
-from impls.results import GROUPS, ComputeFloor, ReadLimit, TrainingResult, to_extra_info
+from impls.results import (
+    GROUPS,
+    ComputeFloor,
+    ReadLimit,
+    SeedRun,
+    TrainingResult,
+    to_extra_info,
+)
 
 # A test that skips or fails before timing anything is reported as such, not warned about.
 pytestmark = pytest.mark.filterwarnings("ignore:Benchmark fixture was not used at all")
@@ -102,21 +108,19 @@ def _measure(
     )
     epochs.warm_up(warmup)
     benchmark.pedantic(epochs.train, setup=epochs.setup, rounds=rounds, iterations=1)
-    return epochs, _fields(case, epochs, build, warmup=warmup)
+    return epochs, _fields(case, worker, build, epochs.finish(), warmup=warmup)
 
 
-def _fields(
-    case: bench_cases.Case, epochs: bench_workers.EpochRequests, build: dict, *, warmup: int
-):
-    """The :class:`TrainingResult` fields every training case records, history included."""
+def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmup: int) -> dict:
+    """The :class:`TrainingResult` fields every training case records."""
     return {
         "kind": case.kind,
         "implementation": case.impl,
         "device": case.device,
         "threads": case.threads,
         "batch_size": case.batch_size,
-        "num_train": epochs.worker.hello["num_train"],
-        "history": epochs.finish(),
+        "num_train": worker.hello["num_train"],
+        "history": history,
         "config": build["config"],
         "runtime": build["runtime"],
         "build_seconds": build["build_seconds"],
@@ -140,18 +144,18 @@ def test_epoch(
     if run.error is not None:
         raise run.error
     bench_schedule.record_rounds(benchmark, run.seconds)
-    epochs = run.epochs
-    fields = _fields(epoch_case, epochs, run.build, warmup=1)
-    predictions = epochs.request("predict", count=PREDICTION_COUNT)["predictions"]
+    (first_seed, history), *more = run.histories
     result = TrainingResult(
-        **fields,
+        **_fields(epoch_case, run.epochs.worker, run.build, history, warmup=1),
         target_accuracy=settings.target_accuracy,
-        predictions=predictions,
+        predictions=run.predictions,
         spell_rounds=run.spell_rounds,
-        **_memory(epochs),
+        more_seeds=[SeedRun(seed, seed_history) for seed, seed_history in more] or None,
+        **_memory(run.epochs),
     )
     benchmark.extra_info.update(to_extra_info(result))
-    assert len(result.history) == settings.epochs
+    assert result.config["seed"] == first_seed == settings.seeds[0]
+    assert [len(r.history) for r in result.seed_runs] == [settings.epochs] * len(settings.seeds)
     assert 0 < result.final_test_accuracy <= 1
 
 

@@ -191,6 +191,18 @@ def final_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
 
 
 @dataclass(frozen=True)
+class SeedRun(Stored):
+    """A case trained again from another seed's initial weights and minibatch order."""
+
+    seed: int
+    history: list[EpochRecord]
+
+    def validate(self, where: str) -> None:
+        if final_test_accuracy(self.history) is None:
+            raise ResultError(f"{where}.history has no evaluated epoch")
+
+
+@dataclass(frozen=True)
 class TrainingResult(Stored):
     """An implementation trained in a worker: the main epoch run or one sweep point.
 
@@ -218,6 +230,9 @@ class TrainingResult(Stored):
     # One mark per timed round, in the order run: True when the canary timed beside the
     # round (``RunSection.canary``) was slow, i.e. the round ran during a spell of the host.
     spell_rounds: list[bool] | None = None
+    # The main run's other seeds (--seeds), in the order run; ``history`` is the first
+    # seed's (``config["seed"]``), and the timed rounds are every seed's, pooled.
+    more_seeds: list[SeedRun] | None = None
 
     def validate(self, where: str) -> None:
         if not self.history:
@@ -237,6 +252,12 @@ class TrainingResult(Stored):
     @property
     def final_test_accuracy(self) -> float:
         return final_test_accuracy(self.history)  # type: ignore[return-value]
+
+    @property
+    def seed_runs(self) -> list[SeedRun]:
+        """Every seed's run, the first seed's first (its seed None if the config lacks it)."""
+        first = SeedRun(self.config.get("seed"), self.history)  # type: ignore[arg-type]
+        return [first, *(self.more_seeds or ())]
 
     @property
     def first_epoch_seconds(self) -> float:

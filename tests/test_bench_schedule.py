@@ -17,11 +17,12 @@ from bench_cases import Case
 EPOCHS = 4  # one warm-up epoch, three timed rounds
 
 
-def settings(schedule: str, impls=("a", "b", "c")) -> bench_options.Settings:
+def settings(schedule: str, seeds=(0,)) -> bench_options.Settings:
     return bench_options.Settings(
-        impls=impls, devices=("cpu",), threads=1, quick=False, epochs=EPOCHS, sweep_rounds=1,
-        limit_rounds=1, target_accuracy=0.8, batch_sizes=(256,), sweep_threads=(1,),
-        sweeps=False, sweep_slow=False, data_dir=None, worker_timeout=10.0, schedule=schedule,
+        impls=("a", "b", "c"), devices=("cpu",), threads=1, quick=False, epochs=EPOCHS,
+        sweep_rounds=1, limit_rounds=1, target_accuracy=0.8, batch_sizes=(256,),
+        sweep_threads=(1,), sweeps=False, sweep_slow=False, data_dir=None, worker_timeout=10.0,
+        schedule=schedule, seeds=seeds,
     )  # fmt: skip
 
 
@@ -37,19 +38,30 @@ class FakeWorker:
             if self.trains == self.fail_on_train:
                 raise bench_workers.WorkerError(f"{self.impl} worker died during 'train'")
             self.log.append(self.impl)
+        if cmd == "history":
+            return {"history": [RECORD] * self.trains}
+        if cmd == "predict":
+            return {"predictions": [self.trains % 10] * fields["count"]}
         return {}
+
+
+RECORD = {
+    "epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.5,
+    "test_accuracy": 0.8, "train_seconds": 0.1, "eval_seconds": 0.01,
+}  # fmt: skip
 
 
 class FakePool:
     """The :class:`bench_workers.WorkerPool` calls the schedule makes, on fake workers."""
 
     def __init__(self, workers: dict[str, FakeWorker], missing: tuple[str, ...] = ()) -> None:
-        self.workers, self.missing, self.discarded = workers, missing, []
+        self.workers, self.missing, self.discarded, self.builds = workers, missing, [], []
 
     def build(self, case: Case, *, keep_others: bool = False, **config) -> dict:
         assert keep_others, "the main run needs every worker alive at once"
         if case.impl in self.missing:
             raise bench_workers.WorkerSkip("framework missing")
+        self.builds.append((case.impl, config["seed"]))
         return {"config": config}
 
     def get(self, case: Case, *, keep_others: bool = False) -> FakeWorker:
@@ -71,14 +83,14 @@ class FakeCanary:
         return len(self.seconds) - 1
 
 
-def schedule_of(schedule: str, *, fail: dict[str, int] | None = None, missing=()):
-    """A main run over fake implementations a, b, c; returns (run, train log, pool)."""
+def schedule_of(schedule: str, *, fail: dict[str, int] | None = None, missing=(), seeds=(0,)):
+    """A main run over fake implementations a, b, c; returns (run, cases, train log, pool)."""
     log: list[str] = []
     fail = fail or {}
     workers = {name: FakeWorker(name, log, fail.get(name)) for name in "abc"}
     pool = FakePool(workers, missing)
     cases = [Case("epoch", name, "cpu", 1, 256) for name in "abc"]
-    main = bench_schedule.MainRun(settings(schedule), pool, cases)
+    main = bench_schedule.MainRun(settings(schedule, seeds), pool, cases)
     return main, cases, log, pool
 
 
@@ -91,6 +103,19 @@ def test_round_robin_times_one_epoch_of_each_in_turn_rotating_the_order() -> Non
     assert all(len(run.seconds) == EPOCHS - 1 and run.error is None for run in runs)
     assert len(main.canary.seconds) == 3 * (EPOCHS - 1) + 1  # one before each round, one after
     assert all(len(run.spell_rounds) == EPOCHS - 1 for run in runs)
+
+
+def test_each_seed_builds_every_implementation_afresh_and_the_rounds_are_pooled() -> None:
+    main, cases, log, pool = schedule_of("round-robin", seeds=(5, 6))
+    runs = [main.outcome(case) for case in cases]
+    assert pool.builds == [("a", 5), ("b", 5), ("c", 5), ("a", 6), ("b", 6), ("c", 6)]
+    assert log[12:15] == ["a", "b", "c"]  # the second seed's warm-up, after the first's rounds
+    for run in runs:
+        assert [seed for seed, _ in run.histories] == [5, 6]
+        assert len(run.seconds) == len(run.spell_rounds) == 2 * (EPOCHS - 1)
+        assert run.predictions == [EPOCHS % 10] * 18  # the first seed's model, after its epochs
+    # A canary before each round and one after each seed's last round.
+    assert len(main.canary.seconds) == 2 * (3 * (EPOCHS - 1) + 1)
 
 
 def test_blocks_times_each_implementation_back_to_back() -> None:

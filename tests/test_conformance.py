@@ -354,3 +354,21 @@ def test_default_run_tracks_numpy_every_epoch(impl, full_runs, real_data):
             real_data.num_test,
         )
     assert_params_close(trainer.parameters(), reference_trainer.parameters())
+
+
+@pytest.mark.parametrize("impl", ORDER_FOLLOWERS)
+def test_another_seed_changes_weights_and_order_alike_for_every_implementation(impl, tiny_data):
+    """A seed (``--seeds`` in the benchmark) is the initial weights and the order for all:
+    two epochs from seed 7 agree with NumPy's from seed 7, and differ from seed 0's."""
+    runs = {}
+    for name in (REFERENCE, impl.name):
+        for seed in (0, 7):
+            config = TrainConfig(seed=seed, threads=1, batch_size=64, epochs=2)
+            trainer = build(REGISTRY[name], tiny_data, config)
+            order = MinibatchOrder(tiny_data.num_train, seed)
+            for epoch in range(config.epochs):
+                trainer.train_epoch(order.epoch(epoch))
+            runs[name, seed] = trainer.parameters()
+    assert_params_close(runs[impl.name, 7], runs[REFERENCE, 7])
+    assert_params_close(runs[impl.name, 0], runs[REFERENCE, 0])
+    assert not np.allclose(runs[impl.name, 7].weights, runs[impl.name, 0].weights, atol=1e-3)
