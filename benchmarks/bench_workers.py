@@ -96,6 +96,7 @@ class Worker:
         if data_dir:
             command += ["--data-dir", str(data_dir)]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
+        started = time.perf_counter()
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -114,6 +115,8 @@ class Worker:
         except WorkerError:
             self.close()  # no process, pipe or file left behind
             raise
+        # From starting the process to its first reply: Python, its imports, the dataset.
+        self.start_seconds = time.perf_counter() - started
 
     def _read(self) -> None:
         for line in self._process.stdout:
@@ -290,6 +293,7 @@ class WorkerPool:
             },
         )
         reply["data_load_seconds"] = worker.hello["load_seconds"]
+        reply["process_start_seconds"] = worker.start_seconds
         self.on_info(case.impl, {"device": case.device, "threads": case.threads, **reply})
         return reply
 

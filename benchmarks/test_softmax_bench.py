@@ -125,6 +125,8 @@ def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmu
         "runtime": build["runtime"],
         "build_seconds": build["build_seconds"],
         "import_seconds": build["import_seconds"],
+        "process_start_seconds": build["process_start_seconds"],
+        "data_load_seconds": build["data_load_seconds"],
         "warmup_epochs": warmup,
     }
 

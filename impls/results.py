@@ -222,6 +222,11 @@ class TrainingResult(Stored):
     runtime: dict = dataclasses.field(default_factory=dict)
     build_seconds: float | None = None
     import_seconds: float | None = None
+    # From starting the worker process to its first reply (Python, the worker's own
+    # imports, the dataset load), and of that the dataset load. The worker is a fresh
+    # process: these, the import and the build are what a user waits for before epoch 1.
+    process_start_seconds: float | None = None
+    data_load_seconds: float | None = None
     warmup_epochs: int = 1
     target_accuracy: float | None = None
     predictions: list[int] | None = None
@@ -268,9 +273,33 @@ class TrainingResult(Stored):
 
     @property
     def time_to_accuracy_seconds(self) -> float | None:
+        """Training seconds until the target accuracy (first seed; start-up not included)."""
         if self.target_accuracy is None:
             return None
         return time_to_accuracy(self.history, self.target_accuracy)
+
+    def ready_seconds(self, build_seconds: float | None = None) -> float | None:
+        """From starting a fresh process to a built trainer: start-up, import, build
+        (tracing, compiling); ``build_seconds`` replaces the run's own build (one timed
+        with an empty or a filled compilation cache). None when a part was not recorded
+        (files before schema 3)."""
+        build = self.build_seconds if build_seconds is None else build_seconds
+        parts = (self.process_start_seconds, self.import_seconds, build)
+        return None if None in parts else sum(parts)  # type: ignore[arg-type]
+
+    def time_to_result_seconds(
+        self, history: Sequence[EpochRecord] | None = None, build_seconds: float | None = None
+    ) -> float | None:
+        """From a fresh process to the target accuracy: :meth:`ready_seconds` plus every
+        training epoch until the target (evaluation excluded), for ``history`` (a seed's;
+        default the first seed's). None when not reached or not recorded."""
+        if self.target_accuracy is None:
+            return None
+        training = time_to_accuracy(
+            self.history if history is None else history, self.target_accuracy
+        )
+        ready = self.ready_seconds(build_seconds)
+        return None if training is None or ready is None else ready + training
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -258,3 +258,75 @@ def test_an_injected_spell_is_recorded_and_leaves_no_process(tmp_path, real_data
     spells = document["fmbench"]["injected_spells"]
     assert spells == [{"start_seconds": 0.0, "seconds": 600.0, "processes": 1}]
     assert _burners() == [], "a 600 s spell outlived the run"
+
+
+SLOW_BUILD_IMPLEMENTATION = """
+import time
+
+import numpy as np
+
+from impls.protocol import EpochStats, Evaluation
+
+BUILD_SECONDS = 1.5
+
+
+class SlowBuildTrainer:
+    def __init__(self, params):
+        self.params = params
+        time.sleep(BUILD_SECONDS)  # what compiling costs a framework that compiles
+
+    def train_epoch(self, order):
+        return EpochStats(0.5, 0.9)
+
+    def evaluate(self):
+        return Evaluation(0.5, 0.9)  # past the target from the first epoch
+
+    def predict(self, images):
+        return np.zeros(len(images), dtype=np.int64)
+
+    def parameters(self):
+        return self.params
+
+    def runtime_info(self):
+        return {"device": "cpu", "threads": 1, "strategy": "sleeps while it builds"}
+
+
+def make_trainer(data, params, config):
+    return SlowBuildTrainer(params)
+
+
+def available_devices():
+    return ["cpu"]
+"""
+
+REGISTER_SLOW_BUILD = """
+from impls import registry
+
+registry.REGISTRY["slowbuild"] = registry.Implementation(
+    "slowbuild", "fmbench_slowbuild", (), "numpy", "takes 1.5 s to build"
+)
+"""
+
+
+def test_a_slow_build_counts_in_the_time_to_result(tmp_path, real_data) -> None:
+    """Time to result starts with the process: a 1.5 s build shows in it, epochs after."""
+    from impls.results import TrainingResult, from_extra_info
+
+    (tmp_path / "fmbench_slowbuild.py").write_text(textwrap.dedent(SLOW_BUILD_IMPLEMENTATION))
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(REGISTER_SLOW_BUILD))
+    result, document = run_bench(
+        tmp_path, "--impl", "slowbuild", "--quick", "--no-sweeps", "--no-startup",
+        env=with_pythonpath(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (case,) = [from_extra_info(b["extra_info"]) for b in document["benchmarks"]
+               if b["extra_info"]["kind"] == "epoch"]  # fmt: skip
+    assert isinstance(case, TrainingResult)
+    assert case.build_seconds >= 1.5
+    assert 0 < case.data_load_seconds < case.process_start_seconds
+    first_epoch = case.history[0].train_seconds
+    ready = case.process_start_seconds + case.import_seconds + case.build_seconds
+    assert case.time_to_result_seconds() == pytest.approx(ready + first_epoch)
+    assert case.time_to_result_seconds(build_seconds=0.25) == pytest.approx(
+        ready - case.build_seconds + 0.25 + first_epoch
+    )
