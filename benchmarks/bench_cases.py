@@ -1,8 +1,9 @@
 """What the suite measures: one case per implementation, device, thread count and batch size.
 
 The tests are parametrized with these cases (``pytest_generate_tests`` in
-conftest.py) and ordered by :func:`run_order` so that every case of one worker
-(implementation, device, threads) runs in a row.
+conftest.py) and ordered by :func:`run_order`: the main run's cases first (their
+epochs interleaved by one schedule, bench_schedule.py), then every sweep point
+of one worker (implementation, device, threads) in a row.
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ def add_options(parser: pytest.Parser) -> None:
         default=[],
         metavar="AT:SECONDS",
         help="make a spell on purpose: as many CPU-burning processes as threads, AT seconds "
-        "after the session starts, for SECONDS (repeatable; shows what the schedule withstands)",
+        "after the main run's first timed epoch starts, for SECONDS (repeatable; shows what "
+        "the schedule withstands)",
     )
     add(
         "--sweep-slow",

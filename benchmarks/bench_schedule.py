@@ -4,14 +4,17 @@ A shared VM has spells of 10-20 s in which multi-threaded code runs 2-3x slower.
 With each implementation's rounds back to back (``--schedule blocks``), a spell
 falls on one implementation and moves every ratio in its row. The default
 ``round-robin`` schedule builds and warms up every implementation first, then
-runs cycles of one timed epoch of each, the order rotated by one each cycle, so
-a spell hits every implementation alike and each one's median stays put.
+runs cycles of one timed epoch of each, each cycle in a shuffled order unlike
+the cycle before (so no implementation always follows the same one: a
+framework's idle threads may still spin as the next epoch starts), so a spell
+hits every implementation alike and each one's median stays put.
 
-A :class:`Canary`, a small fixed multi-threaded product, is timed before each
-timed epoch and once after the last: a round ran during a spell when the canary
-just before or just after it took over :data:`SPELL_THRESHOLD` times the run's
-quiet canary (:func:`quiet_canary`). :class:`SpellInjector` makes such spells on purpose
-(``--inject-spell``) to show that the schedule holds.
+A :class:`Canary`, a small fixed product on every thread at once, is timed before
+each timed epoch and once after each seed's last: a round ran during a spell when
+the canary just before or just after it took over :data:`SPELL_THRESHOLD` times
+the run's quiet canary (:func:`quiet_canary`). :class:`SpellInjector` makes such
+spells on purpose (``--inject-spell``, counted from the first timed round) to
+show that the schedule holds.
 
 Every timed epoch is timed as pytest-benchmark times a round (``perf_counter``
 around the ``train`` request); each case's test then records its rounds into
@@ -20,12 +23,14 @@ its own benchmark with :func:`record_rounds`.
 
 from __future__ import annotations
 
+import random
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -39,38 +44,54 @@ from impls.results import EpochRecord
 from impls.run_info import Canary as CanaryRecord
 from impls.run_info import InjectedSpell
 
-SPELL_THRESHOLD = 1.5  # a canary this many times its median marks a spell
-CANARY_SIZE = 384  # the product's side: about a millisecond on two cores, quiet
+SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
+CANARY_SIZE = 256  # each thread's product: about a millisecond, quiet
 CANARY_REPEATS = 3  # the best of these is the canary's time: one preemption is no spell
+# A pause before each canary and timed epoch: a BLAS's idle threads spin for tens of
+# milliseconds after a product (OpenBLAS's do); not on the next implementation's clock.
+SETTLE_SECONDS = 0.05
 
 
 class Canary:
-    """A fixed float32 product with the run's thread count, timed as the best of a few."""
+    """A fixed product on each of ``threads`` threads at once, timed as the best of a few.
+
+    Python threads, each calling a one-thread BLAS, so nothing is left spinning after it
+    (a multi-threaded BLAS call would keep its pool busy into the round that follows).
+    """
 
     def __init__(self, threads: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.threads = threads
-        self._a = rng.random((CANARY_SIZE, CANARY_SIZE), dtype=np.float32)
-        self._b = rng.random((CANARY_SIZE, CANARY_SIZE), dtype=np.float32)
-        self._out = np.empty_like(self._a)
+        shape = (CANARY_SIZE, CANARY_SIZE)
+        self._pairs = [
+            (rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32))
+            for _ in range(threads)
+        ]
+        self._outs = [np.empty(shape, dtype=np.float32) for _ in range(threads)]
+        self._pool = ThreadPoolExecutor(threads)
         self.seconds: list[float] = []
 
     @property
     def what(self) -> str:
         return (
-            f"np.matmul of two {CANARY_SIZE} x {CANARY_SIZE} float32 matrices with "
-            f"{self.threads} BLAS thread(s), the best of {CANARY_REPEATS}, in the pytest process"
+            f"np.matmul of two {CANARY_SIZE} x {CANARY_SIZE} float32 matrices on each of "
+            f"{self.threads} thread(s) at once (a one-thread BLAS each), the best of "
+            f"{CANARY_REPEATS}, in the pytest process"
         )
+
+    def _product(self, index: int) -> None:
+        a, b = self._pairs[index]
+        np.matmul(a, b, out=self._outs[index])
 
     def __call__(self) -> int:
         """Time the canary; return its index in :attr:`seconds`."""
         from threadpoolctl import threadpool_limits
 
         best = float("inf")
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with threadpool_limits(limits=1, user_api="blas"):
             for _ in range(CANARY_REPEATS):
                 start = time.perf_counter()
-                np.matmul(self._a, self._b, out=self._out)
+                list(self._pool.map(self._product, range(self.threads)))
                 best = min(best, time.perf_counter() - start)
         self.seconds.append(best)
         return len(self.seconds) - 1
@@ -79,6 +100,9 @@ class Canary:
         return CanaryRecord(
             what=self.what, threads=self.threads, threshold=SPELL_THRESHOLD, seconds=self.seconds
         )
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
 
 def quiet_canary(canary_seconds: Sequence[float]) -> float:
@@ -120,31 +144,60 @@ class MainRun:
 
     Nothing runs until the first case's test asks for its :meth:`outcome`; a case
     that fails (a missing framework, a worker that dies or hangs) keeps its error
-    for its own test and is left out of the later cycles, the others go on.
+    for its own test and is left out of the later cycles, the others go on. A
+    case's worker is stopped once its test has recorded (:meth:`release`), unless
+    a later test (a sweep point) uses the same worker: ``reused`` holds those keys.
     """
 
     def __init__(
-        self, settings: Settings, workers: bench_workers.WorkerPool, cases: Sequence[Case]
+        self,
+        settings: Settings,
+        workers: bench_workers.WorkerPool,
+        cases: Sequence[Case],
+        *,
+        spells: SpellInjector | None = None,
+        reused: frozenset[tuple] = frozenset(),
     ) -> None:
-        self.settings, self.workers = settings, workers
+        self.settings, self.workers, self.spells, self.reused = settings, workers, spells, reused
         self.canary = Canary(settings.threads)
         self.runs = {case: CaseRun(case) for case in cases}
+        self._order = random.Random(0)  # each cycle's order: shuffled, the same every run
+        self._started = False
         self._done = False
 
     def outcome(self, case: Case) -> CaseRun:
         """``case``'s part of the run, running the whole schedule the first time."""
         if not self._done:
             self._done = True
-            self._run()
+            try:
+                self._run()
+            except BaseException as error:  # a timeout or an interrupt: no case is complete
+                for run in self.runs.values():
+                    if run.error is None:
+                        run.error = RuntimeError(
+                            f"the main run stopped before this case was measured "
+                            f"({type(error).__name__}: {error})"
+                        )
+                raise
+            finally:
+                self.canary.close()
         return self.runs[case]
+
+    def release(self, case: Case) -> None:
+        """Stop ``case``'s worker once its test has recorded, unless a later test uses it."""
+        if bench_workers.WorkerPool.key_of(case) not in self.reused:
+            self.workers.discard(case)
 
     def _run(self) -> None:
         for seed in self.settings.seeds:
             for run in self.runs.values():
                 self._guard(run, partial(self._warm_up, seed=seed))
-            self._time_rounds([run for run in self.runs.values() if run.error is None])
+            live = [run for run in self.runs.values() if run.error is None]
+            if not live:
+                return
+            self._time_rounds(live)
             self.canary()  # the one after the seed's last round
-            for run in self.runs.values():
+            for run in live:
                 self._guard(run, partial(self._keep_seed, seed=seed))
         for run in self.runs.values():
             if run.error is None:
@@ -154,16 +207,23 @@ class MainRun:
 
     def _time_rounds(self, live: list[CaseRun]) -> None:
         """One seed's timed epochs of every live case, in the settings' schedule."""
+        if not self._started and self.spells is not None:
+            self.spells.start(time.monotonic())  # spells count from the first timed round
+        self._started = True
         rounds = self.settings.epochs - 1
         if self.settings.schedule == "blocks":
             for run in live:
                 for _ in range(rounds):
                     self._guard(run, self._time_epoch)
         else:
-            for cycle in range(rounds):
-                shift = cycle % len(live) if live else 0
-                for run in live[shift:] + live[:shift]:
+            previous: list[CaseRun] = []
+            for _ in range(rounds):
+                order = self._order.sample(live, len(live))
+                while len(live) > 1 and order == previous:  # never the same order twice running
+                    order = self._order.sample(live, len(live))
+                for run in order:
                     self._guard(run, self._time_epoch)
+                previous = order
 
     def _guard(self, run: CaseRun, step: Callable[[CaseRun], None]) -> None:
         """Run ``step`` unless the case already failed; keep its error, free its worker."""
@@ -197,6 +257,7 @@ class MainRun:
 
     def _time_epoch(self, run: CaseRun) -> None:
         run.epochs.setup()
+        time.sleep(SETTLE_SECONDS)
         before = self.canary()
         start = time.perf_counter()
         run.epochs.train()
@@ -218,6 +279,8 @@ def record_rounds(benchmark, seconds: Sequence[float]) -> None:
         )
     if not seconds:
         raise ValueError("no timed rounds to record")
+    if benchmark.disabled:  # --benchmark-disable: nothing is recorded
+        return
     benchmark._mode = "fmbench schedule"  # what pedantic sets: the fixture counts as used
     stats = benchmark._make_stats(1)
     for duration in seconds:
@@ -239,32 +302,41 @@ class SpellInjector:
     def __init__(self, spells: Sequence[tuple[float, float]], processes: int) -> None:
         self.spells, self.processes = list(spells), processes
         self._timers: list[threading.Timer] = []
-        self._burners: list[subprocess.Popen] = []
+        self._burners: dict[int, list[subprocess.Popen]] = {}  # spell index -> its burners
         self._lock = threading.Lock()
         self._closed = False
 
     def start(self, started: float) -> None:
         """Arm a timer per spell, counting from ``started`` (a ``time.monotonic`` reading)."""
-        for at, seconds in self.spells:
+        for index, (at, seconds) in enumerate(self.spells):
             delay = max(0.0, started + at - time.monotonic())
-            timer = threading.Timer(delay, self._burn, args=(seconds,))
+            timer = threading.Timer(delay, self._burn, args=(index, seconds))
             timer.daemon = True
             timer.start()
             self._timers.append(timer)
 
-    def _burn(self, seconds: float) -> None:
+    def _burn(self, index: int, seconds: float) -> None:
         with self._lock:
             if self._closed:
                 return
-            self._burners += [
+            self._burners[index] = [
                 subprocess.Popen([sys.executable, "-c", _BURN, str(seconds)])
                 for _ in range(self.processes)
             ]
 
+    @property
+    def burners(self) -> list[subprocess.Popen]:
+        with self._lock:
+            return [burner for started in self._burners.values() for burner in started]
+
     def records(self) -> list[InjectedSpell]:
+        with self._lock:
+            pids = {index: [b.pid for b in started] for index, started in self._burners.items()}
         return [
-            InjectedSpell(start_seconds=at, seconds=seconds, processes=self.processes)
-            for at, seconds in self.spells
+            InjectedSpell(
+                start_seconds=at, seconds=seconds, processes=self.processes, pids=pids.get(i, [])
+            )
+            for i, (at, seconds) in enumerate(self.spells)
         ]
 
     def close(self) -> None:
@@ -273,7 +345,7 @@ class SpellInjector:
             self._closed = True
         for timer in self._timers:
             timer.cancel()
-        for burner in self._burners:
+        for burner in self.burners:
             if burner.poll() is None:
                 burner.kill()
             burner.wait()

@@ -124,6 +124,8 @@ class Worker:
         self._replies.put(None)  # end of stream: the process exited
 
     def stderr_tail(self, chars: int = 3000) -> str:
+        if self._stderr.closed:  # closed by close(), which kept the end
+            return self._closing_tail[-chars:]
         self._stderr.seek(0)
         text = self._stderr.read().decode("utf-8", "replace")
         return text[-chars:].strip()
@@ -181,6 +183,7 @@ class Worker:
             except (WorkerError, subprocess.TimeoutExpired):
                 self.kill()
         self._reader.join(timeout=5)
+        self._closing_tail = self.stderr_tail()  # what a later request's error can still quote
         for stream in (self._process.stdin, self._process.stdout, self._stderr):
             with contextlib.suppress(OSError):
                 stream.close()
@@ -242,14 +245,16 @@ class WorkerPool:
     broken: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @staticmethod
-    def _key(case) -> tuple:
+    def key_of(case) -> tuple:
+        """The worker a case runs in: its implementation, device and threads."""
         return (case.impl, case.device, case.threads)
 
     def get(self, case, *, keep_others: bool = False) -> Worker:
         """The worker of ``case``'s implementation, device and threads (started if needed)."""
-        key = self._key(case)
+        key = self.key_of(case)
         for other, worker in list(self._workers.items()):
-            if (other != key and not keep_others) or not worker.alive():
+            # A dead worker of another case is left to that case, which reports its death.
+            if (other != key and not keep_others) or (other == key and not worker.alive()):
                 self._close(other)
         why = self.broken.get((case.impl, case.device))
         if why is not None:
@@ -299,7 +304,7 @@ class WorkerPool:
 
     def discard(self, case) -> None:
         """Stop ``case``'s worker, if it has one (after it failed)."""
-        self._close(self._key(case))
+        self._close(self.key_of(case))
 
     def _close(self, key: tuple) -> None:
         """Stop one worker; remember its implementation as broken if it hung."""

@@ -24,7 +24,6 @@ What goes into the JSON besides pytest-benchmark's own fields:
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from pathlib import Path
 
@@ -53,8 +52,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config: pytest.Config) -> None:
-    # Every round's seconds go into the JSON: the sample runs are compared on.
+    # Every round's seconds are the sample runs are compared on: --benchmark-json keeps
+    # them anyway; this keeps them in the autosaved copy under .benchmarks/ too.
     config.option.benchmark_save_data = True
+    timer = config.getoption("benchmark_timer", "time.perf_counter")
+    if timer != "time.perf_counter":
+        raise pytest.UsageError(
+            f"--benchmark-timer {timer}: the main run's schedule times its rounds with "
+            "time.perf_counter, pytest-benchmark's default; leave the option out"
+        )
     config.addinivalue_line("markers", "sweep: a batch-size or thread sweep point (benchmarks/)")
     config.addinivalue_line("markers", "startup: a start-up measurement (benchmarks/)")
     if not config.pluginmanager.hasplugin("benchmark"):
@@ -74,11 +80,6 @@ def pytest_configure(config: pytest.Config) -> None:
         ),
     }
     _STATE["state"] = config.stash[STATE_KEY]
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Arm the injected spells (``--inject-spell``): their times count from here."""
-    session.config.stash[STATE_KEY]["spells"].start(time.monotonic())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -208,9 +209,17 @@ def workers(pytestconfig: pytest.Config, settings: bench_options.Settings, datas
 def main_run(request: pytest.FixtureRequest, settings: bench_options.Settings, workers):
     """The main run's schedule over every selected ``test_epoch`` case (run on first use)."""
     cases = [bench_cases.item_case(item) for item in request.session.items]
-    epoch_cases = [c for c in cases if isinstance(c, bench_cases.Case) and c.kind == "epoch"]
-    schedule = bench_schedule.MainRun(settings, workers, epoch_cases)
-    request.config.stash[STATE_KEY]["main_run"] = schedule
+    cases = [case for case in cases if isinstance(case, bench_cases.Case)]
+    epoch_cases = [case for case in cases if case.kind == "epoch"]
+    state = request.config.stash[STATE_KEY]
+    schedule = bench_schedule.MainRun(
+        settings,
+        workers,
+        epoch_cases,
+        spells=state["spells"],
+        reused=frozenset(workers.key_of(case) for case in cases if case.kind != "epoch"),
+    )
+    state["main_run"] = schedule
     return schedule
 
 

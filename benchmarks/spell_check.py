@@ -8,8 +8,10 @@ implementations' median epochs in each run and its shift from the quiet run::
     nox -s spells                      # numpy/jax, 40 epochs, 4 s spells at 6, 9, 12 s
     python benchmarks/spell_check.py --schedule blocks --schedule round-robin
 
-It exits 1 when a round-robin run's ratio moved by more than ``--tolerance``
-(default 10 %). The timing is the machine's: run it on a host otherwise idle.
+Spells count from the main run's first timed epoch. It exits 1 when a
+round-robin run's ratio moved by more than ``--tolerance``, or when the canary
+marked no round of a run with a spell (the spell missed the timed epochs, or the
+canary missed the spell). The timing is the machine's: run it on an idle host.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def bench_ratio(impls: Sequence[str], schedule: str, epochs: int, extra: Sequenc
             sys.exit(f"spell_check: the benchmark failed:\n{done.stdout[-3000:]}{done.stderr}")
         run = load_run(out)
     found = {m.implementation: m for m in run.of_kind("epoch")}
+    for name in impls:
+        if name not in found:
+            reasons = [
+                t.reason for t in run.tests() if name in (t.impl, t.implementation) and t.reason
+            ]
+            sys.exit(f"spell_check: {name} was not measured: {reasons[0] if reasons else '?'}")
     first, second = (found[name] for name in impls)
     spells = sum(sum(m.spell_rounds or ()) for m in (first, second))
     return {
@@ -76,11 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(impls) != 2:
         sys.exit("spell_check: give exactly two --impl (their ratio is what is checked)")
     schedules = args.schedule or ["round-robin"]
-    starts = [float(part) for part in args.at.split(",") if part.strip()]
+    try:
+        starts = [float(part) for part in args.at.split(",") if part.strip()]
+    except ValueError:
+        sys.exit(f"spell_check: --at {args.at!r}: expected seconds separated by commas, e.g. 6,9")
     extra = [f"--threads={args.threads}"] if args.threads else []
     print(f"| schedule | spell | {impls[0]} | {impls[1]} | ratio | shift | in spells | run |")
     print("|---|---|--:|--:|--:|--:|--:|--:|")
-    moved_too_far = False
+    moved_too_far = missed = False
     for schedule in schedules:
         quiet = None
         for at in [None, *starts]:
@@ -90,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shift = result["ratio"] / quiet["ratio"] - 1
             if schedule == "round-robin" and abs(shift) > args.tolerance:
                 moved_too_far = True
+            if at is not None and result["marked"] == 0:
+                missed = True
             label = "none" if at is None else f"{args.seconds:g} s at {at:g} s"
             first, second = result["medians"]
             print(
@@ -100,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     if moved_too_far:
         print(f"spell_check: a round-robin ratio moved by more than {args.tolerance:.0%}")
-        return 1
-    return 0
+    if missed:
+        print("spell_check: a run with a spell marked no round: the spell missed the epochs")
+    return 1 if moved_too_far or missed else 0
 
 
 if __name__ == "__main__":

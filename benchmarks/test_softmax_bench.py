@@ -131,6 +131,8 @@ def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmu
     }
 
 
+# The schedule runs inside the first case's test; each request has its own timeout.
+@pytest.mark.timeout(0)
 def test_epoch(
     benchmark, settings: Settings, main_run: bench_schedule.MainRun, epoch_case: bench_cases.Case
 ) -> None:
@@ -155,6 +157,7 @@ def test_epoch(
         more_seeds=[SeedRun(seed, seed_history) for seed, seed_history in more] or None,
         **_memory(run.epochs),
     )
+    main_run.release(epoch_case)
     benchmark.extra_info.update(to_extra_info(result))
     assert result.config["seed"] == first_seed == settings.seeds[0]
     assert [len(r.history) for r in result.seed_runs] == [settings.epochs] * len(settings.seeds)

@@ -263,9 +263,10 @@ class Canary(Stored):
 class InjectedSpell(Stored):
     """A spell the run made on purpose (``--inject-spell``): CPU-burning processes."""
 
-    start_seconds: float  # after the benchmark session started
+    start_seconds: float  # after the main run's first timed epoch started
     seconds: float
     processes: int
+    pids: list[int] | None = None  # the burners started; empty if the run ended first
 
     def validate(self, where: str) -> None:
         check_positive(self.seconds, f"{where}.seconds")

@@ -54,3 +54,25 @@ def test_worker_epochs_are_the_shared_loops_epochs(real_data) -> None:
         assert (ours.train_loss, ours.train_accuracy) == (theirs.train_loss, theirs.train_accuracy)
         assert (ours.test_loss, ours.test_accuracy) == (theirs.test_loss, theirs.test_accuracy)
         assert ours.train_seconds > 0 and ours.eval_seconds > 0
+
+
+def test_the_pool_keeps_several_workers_alive_only_when_asked(real_data) -> None:
+    """The main run keeps every worker; a dead one is left to its own case to report."""
+    pytest.importorskip("threadpoolctl")
+    from bench_cases import Case
+
+    pool = bench_workers.WorkerPool(None, 120)
+    one, two = (Case("epoch", "numpy", "cpu", threads, 256) for threads in (1, 2))
+    try:
+        first = pool.get(one, keep_others=True)
+        second = pool.get(two, keep_others=True)
+        assert first.alive() and second.alive() and pool.get(one, keep_others=True) is first
+        first.kill()
+        assert pool.get(two, keep_others=True) is second
+        with pytest.raises(bench_workers.WorkerError, match="worker is not running"):
+            first.request("train")  # its own error, not a closed file's
+        replacement = pool.get(one)  # not keeping others: a fresh worker, the other stopped
+        assert replacement is not first and replacement.alive() and not second.alive()
+    finally:
+        pool.close()
+    assert not replacement.alive()
