@@ -173,14 +173,15 @@ def _measurement(path: Path, index: int, raw: Any) -> Measurement:
     try:
         timing = Timing.from_dict(raw["stats"], f"{where}: stats")
         case = results.from_extra_info(raw["extra_info"], f"{where}: extra_info")
-    except ResultError as error:
+        group = results.GROUPS[case.kind]
+        if raw["group"] != group:
+            raise _fail(
+                path,
+                f"{where}: group is {raw['group']!r}, expected {group!r} for kind {case.kind!r}",
+            )
+        return Measurement(raw["name"], raw.get("fullname") or raw["name"], group, timing, case)
+    except ResultError as error:  # the checks across stats and extra_info, too
         raise _fail(path, str(error)) from None
-    group = results.GROUPS[case.kind]
-    if raw["group"] != group:
-        raise _fail(
-            path, f"{where}: group is {raw['group']!r}, expected {group!r} for kind {case.kind!r}"
-        )
-    return Measurement(raw["name"], raw.get("fullname") or raw["name"], group, timing, case)
 
 
 def _check_schema(path: Path, fmbench: dict[str, Any]) -> None:
