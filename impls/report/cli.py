@@ -12,7 +12,7 @@ from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, ne
 from impls.report.runs import ReportError, Run, label_runs, load_run, load_runs
 
 # Imported when the report is rendered, not at import time: the core package needs only NumPy.
-REPORT_MODULES = ("pandas", "tabulate", "matplotlib")
+REPORT_MODULES = ("pandas", "tabulate", "matplotlib", "scipy")
 INSTALL_HINT = "pip install 'fmbench[bench]'"
 
 

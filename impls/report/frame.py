@@ -13,39 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from impls.report.comparison import COLUMNS as COMPARISON_COLUMNS
+from impls.report.comparison import compare
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
 from impls.results import Measurement, StartupResult, TrainingResult, median_of
 
 BASELINE = "d2l-reference"
-# A run is flagged slower (or faster) than the previous one when its median moved
-# by more than the larger of both runs' IQRs and by more than this fraction.
-RELATIVE_NOISE_FLOOR = 0.10
 MIB = 2**20
-
-
-def compare(current: Measurement, previous: Measurement) -> dict[str, Any]:
-    """The change from ``previous`` to ``current`` and whether it is beyond the noise.
-
-    Rule: the median moved by more than max(IQR of both runs, 10 % of the
-    previous median). Slower is a regression, faster an improvement. The
-    floor is there because back-to-back runs of the same code on a shared VM
-    differ by more than either run's IQR.
-    """
-    delta = current.median - previous.median
-    noise = max(current.timing.iqr, previous.timing.iqr, RELATIVE_NOISE_FLOOR * previous.median)
-    verdict = "within noise"
-    if delta > noise:
-        verdict = "regression"
-    elif -delta > noise:
-        verdict = "improvement"
-    return {
-        "previous_median_s": previous.median,
-        "delta_s": delta,
-        "delta_pct": 100.0 * delta / previous.median,
-        "noise_s": noise,
-        "verdict": verdict,
-    }
 
 
 def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
@@ -164,7 +139,7 @@ def results_frame(
                 row.update(compare(entry, before))
             rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("previous_median_s", "delta_s", "delta_pct", "noise_s", "verdict"):
+    for column in COMPARISON_COLUMNS:
         if column not in frame:
             frame[column] = None
     return frame
