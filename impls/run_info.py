@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import math
+import statistics
 from dataclasses import dataclass
 
 from impls.results import ResultError, Stored, check_fraction, check_positive
@@ -247,6 +248,16 @@ class Canary(Stored):
     threads: int
     threshold: float
     seconds: list[float]  # every canary, in the order run
+
+    @property
+    def median(self) -> float:
+        """The run's median canary, the yardstick of a slow one."""
+        return statistics.median(self.seconds)
+
+    @property
+    def slow(self) -> int:
+        """How many canaries took over ``threshold`` times the median."""
+        return sum(seconds > self.threshold * self.median for seconds in self.seconds)
 
     def validate(self, where: str) -> None:
         check_positive(self.threads, f"{where}.threads")

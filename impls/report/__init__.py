@@ -23,8 +23,9 @@ from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level se
 :mod:`.runs` (loading and validation into :class:`Run` objects), :mod:`.previous`
 (the autosave folder: the run to compare with), :mod:`.frame` (the results frame:
 comparisons between measurements), :mod:`.comparison` (the rules that flag a change
-from the previous run: a U test on the rounds, else the IQR rule), :mod:`.text`
-(number formatting, Markdown tables), :mod:`.tables`,
+from the previous run: a U test on the rounds, else the IQR rule), :mod:`.spells`
+(the schedule, the canary and the rounds in a spell), :mod:`.text` (number formatting,
+Markdown tables), :mod:`.tables`,
 :mod:`.plots`, :mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
 (:func:`main`).
 """

@@ -13,6 +13,8 @@ from impls.report.frame import BASELINE, results_frame
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
+from impls.report.spells import method_lines as spell_method_lines
+from impls.report.spells import spell_lines
 from impls.report.tables import (
     NOISY_IQR_FRACTION,
     machine_table,
@@ -113,6 +115,7 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
         + _clocks_text(runs)
     )
+    lines += spell_method_lines(runs)
     lines.append(
         "- **The limit** is one read of the float32 training set (60000 × 784 × 4 B = 188 MB): "
         "`np.sum` over it, one contiguous block of rows per thread, nothing written, with the "
@@ -255,6 +258,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         )
         lines.append("")
 
+    lines += spell_lines(runs, frame)
     failed = _not_measured(runs, multi)
     if failed:
         import pandas as pd
