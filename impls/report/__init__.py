@@ -24,8 +24,8 @@ from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level se
 (the autosave folder: the run to compare with), :mod:`.frame` (the results frame:
 comparisons between measurements), :mod:`.comparison` (the rules that flag a change
 from the previous run: a U test on the rounds, else the IQR rule), :mod:`.spells`
-(the schedule, the canary and the rounds in a spell), :mod:`.text` (number formatting,
-Markdown tables), :mod:`.tables`,
+(the schedule, the canary and the rounds in a spell), :mod:`.history` (each machine's
+runs over time), :mod:`.text` (number formatting, Markdown tables), :mod:`.tables`,
 :mod:`.plots`, :mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
 (:func:`main`).
 """

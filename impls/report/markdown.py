@@ -10,6 +10,7 @@ from impls.config import TrainConfig
 from impls.report.comparison import comparison_lines
 from impls.report.comparison import method_line as comparison_method_line
 from impls.report.frame import BASELINE, results_frame
+from impls.report.history import history_lines, machine_histories
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
@@ -214,8 +215,14 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     return lines
 
 
-def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> str:
-    """Write the figures into ``figures`` and return the Markdown text."""
+def render(
+    runs: Sequence[Run],
+    figures: Path,
+    previous: Sequence[Run] = (),
+    history: Sequence[Run] | None = None,
+) -> str:
+    """Write the figures into ``figures`` and return the Markdown text. ``history``: the
+    saved runs each machine's history is drawn from (:mod:`.history`; None: no history)."""
     pairs = pair_previous(runs, previous)
     frame = results_frame(runs, previous, pairs)
     multi = len(runs) > 1
@@ -289,6 +296,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     lines += ["## Figures", ""]
     figure_lines = _figures(runs, frame, figures, multi=multi, target=target)
     lines += figure_lines
+    if history is not None:
+        lines += history_lines(machine_histories(runs, history), figures, FIGURES_DIR)
 
     for kind, title in (("batch", "Sweep: batch size"), ("threads", "Sweep: threads")):
         table = sweep_table(frame, kind, with_machine=multi)

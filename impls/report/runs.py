@@ -274,13 +274,18 @@ def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
     return label_runs(runs)
 
 
+def machine_label(run: Run) -> str:
+    """The run's machine: 'host (CPU, N CPUs)'."""
+    cpu = run.extra_machine.cpu_model or "unknown CPU"
+    cpus = run.extra_machine.logical_cpus
+    node = run.machine_info.node or "unknown host"
+    return f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
+
+
 def label_runs(runs: Sequence[Run]) -> list[Run]:
     """Label each run with its machine; the same machine twice gets the date too."""
     for run in runs:
-        cpu = run.extra_machine.cpu_model or "unknown CPU"
-        cpus = run.extra_machine.logical_cpus
-        node = run.machine_info.node or "unknown host"
-        run.label = f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
+        run.label = machine_label(run)
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.label] = counts.get(run.label, 0) + 1
