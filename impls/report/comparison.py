@@ -4,7 +4,7 @@ With every round's seconds on both sides (``Timing.data``, schema 3), the two ru
 rounds are compared as asv compares them: a two-sided Mann-Whitney U test
 (:func:`scipy.stats.mannwhitneyu`) says whether they differ, and the ratio of their
 medians says by how much; a change is flagged only when it is both significant
-(p < :data:`SIGNIFICANCE`) and large (at least :data:`MIN_CHANGE`). Rounds the run
+(p < :data:`SIGNIFICANCE`) and large (by more than :data:`MIN_CHANGE`). Rounds the run
 marked as in a spell of the host (``Measurement.spell_rounds``) are left out of its
 sample: a spell is the machine's, not the code's.
 
@@ -26,9 +26,9 @@ from impls.report.text import number, plural
 from impls.results import Measurement
 
 SIGNIFICANCE = 0.05  # the U test's p value below which two runs' rounds differ
-# The smallest change flagged, by either rule: the ratio of medians at least 1 + this
-# (slower) or at most 1 / (1 + this) (faster). Back-to-back quiet runs of the same code on
-# a shared VM differ by a few per cent, which a test on many rounds finds significant.
+# The change a flag needs, by either rule: the medians differ by more than this fraction of
+# the previous one. Back-to-back quiet runs of the same code on a shared VM differ by a
+# few per cent, which a test on many rounds can find significant.
 MIN_CHANGE = 0.10
 U_TEST = "U test"
 IQR_RULE = "IQR rule"
