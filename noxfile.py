@@ -82,7 +82,9 @@ def report(session: nox.Session) -> None:
 
     Several files (several machines) are merged with the machine as a column. Without
     files, the newest run saved under .benchmarks/. ``--previous FILE|auto|none`` picks
-    the run to compare with (default: the previous saved run of the same machine).
+    the run to compare with (default: the previous saved run of the same machine);
+    ``--history FOLDER|none`` the saved runs each machine's history is drawn from
+    (default: .benchmarks/; several files of one machine given: those alone).
     """
     session.install("-e", ".[bench]")
     session.run("python", "-m", "impls.report", "--out", "reports/latest", *session.posargs)

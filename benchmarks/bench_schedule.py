@@ -24,7 +24,6 @@ its own benchmark with :func:`record_rounds`.
 from __future__ import annotations
 
 import random
-import statistics
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ from bench_options import Settings
 from impls.figures import PREDICTION_COUNT
 from impls.results import EpochRecord
 from impls.run_info import Canary as CanaryRecord
-from impls.run_info import InjectedSpell
+from impls.run_info import InjectedSpell, quiet_canary
 
 SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
 CANARY_SIZE = 256  # each thread's product: about a millisecond, quiet
@@ -103,14 +102,6 @@ class Canary:
 
     def close(self) -> None:
         self._pool.shutdown()
-
-
-def quiet_canary(canary_seconds: Sequence[float]) -> float:
-    """The canary's time on a quiet host: its lower quartile, which holds while spells
-    cover less than three quarters of the run (a median would not, past a half)."""
-    if len(canary_seconds) == 1:
-        return canary_seconds[0]
-    return statistics.quantiles(canary_seconds, n=4, method="inclusive")[0]
 
 
 def spell_marks(

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from impls.results import ResultError, Stored, check_fraction, check_positive
@@ -234,6 +236,15 @@ class Sample(Stored):
             )
 
 
+def quiet_canary(seconds: Sequence[float]) -> float:
+    """The canary's time on a quiet host: the lower quartile of a run's canaries, which
+    holds while spells cover less than three quarters of the run (a median would not,
+    past a half)."""
+    if len(seconds) == 1:
+        return seconds[0]
+    return statistics.quantiles(seconds, n=4, method="inclusive")[0]
+
+
 @dataclass(frozen=True)
 class Canary(Stored):
     """The small fixed workload timed beside every timed round of the main run.
@@ -248,6 +259,16 @@ class Canary(Stored):
     threads: int
     threshold: float
     seconds: list[float]  # every canary, in the order run
+
+    @property
+    def quiet(self) -> float:
+        """The run's quiet canary, the yardstick of a slow one (:func:`quiet_canary`)."""
+        return quiet_canary(self.seconds)
+
+    @property
+    def slow(self) -> int:
+        """How many canaries took over ``threshold`` times the quiet canary."""
+        return sum(seconds > self.threshold * self.quiet for seconds in self.seconds)
 
     def validate(self, where: str) -> None:
         check_positive(self.threads, f"{where}.threads")

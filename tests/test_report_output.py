@@ -195,7 +195,7 @@ def test_an_unexpected_error_while_rendering_leaves_out_as_it_was(
     out = earlier_report(tmp_path)
     before = snapshot(out)
 
-    def half_rendered(runs, figures: Path, previous=()):
+    def half_rendered(runs, figures: Path, previous=(), history=None):
         figures.mkdir()
         (figures / "epoch_time.png").write_bytes(b"half-drawn")
         raise RuntimeError("a bug while rendering")
@@ -227,7 +227,7 @@ def test_concurrent_builds_leave_one_whole_report(tmp_path: Path, monkeypatch) -
     drawn = {"a": ["epoch_time.png", "accuracy.png"], "b": ["epoch_time.png", "other.png"]}
     serial = itertools.count()
 
-    def render(current, figures: Path, previous) -> str:
+    def render(current, figures: Path, previous, history) -> str:
         name = current[0].path.stem  # the input: a or b
         text = f"report of {name} #{next(serial)}\n"
         figures.mkdir(parents=True)

@@ -22,15 +22,18 @@ from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level se
 (machine, commit, settings, tests, sample images); the report reads files with both. Modules:
 :mod:`.runs` (loading and validation into :class:`Run` objects), :mod:`.previous`
 (the autosave folder: the run to compare with), :mod:`.frame` (the results frame:
-comparisons between measurements, and the rule that flags a change),
-:mod:`.text` (number formatting, Markdown tables), :mod:`.tables`, :mod:`.plots`,
-:mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
+comparisons between measurements), :mod:`.comparison` (the rules that flag a change
+from the previous run: a U test on the rounds, else the IQR rule), :mod:`.spells`
+(the schedule, the canary and the rounds in a spell), :mod:`.history` (each machine's
+runs over time), :mod:`.text` (number formatting, Markdown tables), :mod:`.tables`,
+:mod:`.plots`, :mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
 (:func:`main`).
 """
 
 from impls.report.build import build_report
 from impls.report.cli import main
-from impls.report.frame import compare, results_frame
+from impls.report.comparison import compare
+from impls.report.frame import results_frame
 from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, newest
 from impls.report.runs import ReportError, Run, load_run, load_runs
 

@@ -68,11 +68,14 @@ def build_report(
     runs: Sequence[RunSource],
     out_dir: str | os.PathLike[str],
     previous: RunSource | Sequence[RunSource] | None = None,
+    history: Sequence[RunSource] | None = None,
 ) -> Path:
     """Build ``out_dir/README.md`` and ``out_dir/figures/`` from benchmark runs.
 
     ``runs`` and ``previous`` are :class:`Run` objects or JSON files (loaded
-    here); ``previous``: run(s) to compare with (matched by machine), or None.
+    here); ``previous``: run(s) to compare with (matched by machine), or None;
+    ``history``: the saved runs each machine's history is drawn from (:mod:`.history`;
+    ``[]``: the given runs alone; None: no history section).
     ``out_dir`` and every file are checked first; the report is assembled in a
     staging directory beside ``out_dir`` and moved in last, so on any error
     (:class:`ReportError`, naming the file or folder) ``out_dir`` is left as it was.
@@ -87,8 +90,9 @@ def build_report(
     elif isinstance(previous, (Run, str, os.PathLike)):
         previous = [previous]
     previous_runs = _runs(previous)
+    history_runs = None if history is None else _runs(history)
     try:
-        return _write(current, previous_runs, out_dir)
+        return _write(current, previous_runs, history_runs, out_dir)
     except OSError as error:
         raise ReportError(f"{out_dir}: the report cannot be written: {_why(error)}") from None
 
@@ -98,7 +102,9 @@ def _why(error: OSError) -> str:
     return (error.strerror or str(error)) + (f" ({error.filename})" if error.filename else "")
 
 
-def _write(current: Sequence[Run], previous: Sequence[Run], out_dir: Path) -> Path:
+def _write(
+    current: Sequence[Run], previous: Sequence[Run], history: Sequence[Run] | None, out_dir: Path
+) -> Path:
     """Render into a staging directory beside ``out_dir``, then swap it in (one build's
     README with that build's figures, whatever another build does meanwhile)."""
     parent = out_dir.resolve().parent
@@ -106,7 +112,7 @@ def _write(current: Sequence[Run], previous: Sequence[Run], out_dir: Path) -> Pa
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.resolve().name}.tmp-", dir=parent))
     swapped = False
     try:
-        text = render(current, staging / FIGURES_DIR, previous)
+        text = render(current, staging / FIGURES_DIR, previous, history)
         (staging / FIGURES_DIR).mkdir(exist_ok=True)
         (staging / REPORT_NAME).write_text(text, encoding="utf-8")
         out_dir.mkdir(exist_ok=True)

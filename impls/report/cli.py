@@ -12,7 +12,7 @@ from impls.report.previous import DEFAULT_STORAGE, find_previous, load_saved, ne
 from impls.report.runs import ReportError, Run, label_runs, load_run, load_runs
 
 # Imported when the report is rendered, not at import time: the core package needs only NumPy.
-REPORT_MODULES = ("pandas", "tabulate", "matplotlib")
+REPORT_MODULES = ("pandas", "tabulate", "matplotlib", "scipy")
 INSTALL_HINT = "pip install 'fmbench[bench]'"
 
 
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help="pytest-benchmark's autosave folder (default: .benchmarks)",
     )
     parser.add_argument(
+        "--history",
+        metavar="FOLDER|none",
+        help="saved runs to draw each machine's history from (default: the --storage "
+        "folder; several files of one machine given: those alone) or 'none' (no history)",
+    )
+    parser.add_argument(
         "--fail-on-failures",
         action="store_true",
         help="exit with status 1 (after writing the report) when a benchmark failed",
@@ -58,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
-    """The runs to report and the runs to compare them with, each file parsed once."""
+def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run], list[Run] | None]:
+    """The runs to report, the runs to compare them with and the saved runs their history
+    is drawn from (None: no history), each file parsed once."""
     saved: list[Run] | None = None
     if args.files:
         runs = load_runs(args.files)
@@ -72,10 +79,18 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
                 "'nox -s bench' first, or pass files"
             )
         runs = label_runs([latest])
+    history: list[Run] | None = None
+    if args.history != "none":
+        if args.history is None or Path(args.history).resolve() == args.storage.resolve():
+            saved = history = saved if saved is not None else load_saved(args.storage, runs)
+        elif not Path(args.history).is_dir():
+            raise ReportError(f"--history {args.history}: no such folder (or 'none')")
+        else:
+            history = load_saved(args.history, loaded=runs)
     if args.previous == "none":
-        return runs, []
+        return runs, [], history
     if args.previous != "auto":
-        return runs, [load_run(args.previous)]
+        return runs, [load_run(args.previous)], history
     if saved is None:
         saved = load_saved(args.storage, loaded=runs)
     previous: list[Run] = []
@@ -83,7 +98,7 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
         found = find_previous(run, saved)
         if found is not None and all(found is not p for p in previous):
             previous.append(found)
-    return runs, previous
+    return runs, previous, history
 
 
 def _missing(error: ImportError) -> str:
@@ -103,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         check_out_dir(args.out)  # before any input is read
-        runs, previous = _inputs(args)
-        report = build_report(runs, args.out, previous)
+        runs, previous, history = _inputs(args)
+        report = build_report(runs, args.out, previous, history)
     except ReportError as error:
         print(f"fmbench report: error: {error}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
-"""Every measurement as one pandas DataFrame, and the rule that flags a change.
+"""Every measurement as one pandas DataFrame, with the numbers that set one against another.
 
 A measurement's own derived numbers (examples/s, GB/s, the compute rate and
 floor, first epoch, time to accuracy) are the properties of
 :class:`impls.results.Measurement` and its case, copied into the frame as they
 are; the numbers that set one measurement against another (speed-up, × limit,
-× floor, the change from the previous run) are computed here, and only here.
+× floor, with and without the rounds in a spell) are computed here, and only here; the
+change from the previous run is judged by :func:`impls.report.comparison.compare`.
 pandas is imported inside :func:`results_frame`, not at import time.
 """
 
@@ -13,39 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from impls.report.comparison import COLUMNS as COMPARISON_COLUMNS
+from impls.report.comparison import compare
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
 from impls.results import Measurement, StartupResult, TrainingResult, median_of
 
 BASELINE = "d2l-reference"
-# A run is flagged slower (or faster) than the previous one when its median moved
-# by more than the larger of both runs' IQRs and by more than this fraction.
-RELATIVE_NOISE_FLOOR = 0.10
 MIB = 2**20
-
-
-def compare(current: Measurement, previous: Measurement) -> dict[str, Any]:
-    """The change from ``previous`` to ``current`` and whether it is beyond the noise.
-
-    Rule: the median moved by more than max(IQR of both runs, 10 % of the
-    previous median). Slower is a regression, faster an improvement. The
-    floor is there because back-to-back runs of the same code on a shared VM
-    differ by more than either run's IQR.
-    """
-    delta = current.median - previous.median
-    noise = max(current.timing.iqr, previous.timing.iqr, RELATIVE_NOISE_FLOOR * previous.median)
-    verdict = "within noise"
-    if delta > noise:
-        verdict = "regression"
-    elif -delta > noise:
-        verdict = "improvement"
-    return {
-        "previous_median_s": previous.median,
-        "delta_s": delta,
-        "delta_pct": 100.0 * delta / previous.median,
-        "noise_s": noise,
-        "verdict": verdict,
-    }
 
 
 def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
@@ -67,6 +43,8 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "iqr_s": timing.iqr,
         "iqr_fraction": timing.iqr / timing.median,
         "rounds": timing.rounds,
+        "spell_rounds": None if entry.spell_rounds is None else sum(entry.spell_rounds),
+        "quiet_median_s": entry.quiet_median,
         "min_s": timing.min,
         "max_s": timing.max,
         "examples_per_s": entry.examples_per_second,
@@ -76,6 +54,7 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "peak_rss_mib": None,
         "peak_rss_children_mib": None,
         "speedup_vs_baseline": None,
+        "quiet_speedup_vs_baseline": None,
         "speedup_baseline_device": None,
         "limit_multiple": None,
         "startup": None,
@@ -116,18 +95,22 @@ def results_frame(
 
     Columns: machine, run, kind, group, name, implementation, device, threads,
     batch_size, median_s, q1_s, q3_s, iqr_s, iqr_fraction (IQR / median),
-    rounds, min_s, max_s, examples_per_s, first_epoch_s, final_test_accuracy,
+    rounds, spell_rounds (how many of them ran during a spell of the host) and
+    quiet_median_s (the median of the others; both None where not recorded), min_s,
+    max_s, examples_per_s, first_epoch_s, final_test_accuracy,
     time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, startup, what,
     build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s
     and floor_s (the compute row: its rate, and an epoch's products at that
     rate); then the comparisons: speedup_vs_baseline (epoch rows: the
     baseline's median on the same device, else on the CPU, / this median) and
     speedup_baseline_device (the device of that baseline median: not the row's
-    own when the CPU baseline stood in), limit_multiple (epoch
+    own when the CPU baseline stood in), quiet_speedup_vs_baseline (the same with both
+    quiet medians), limit_multiple (epoch
     and limit rows: median / the limit's median), floor_multiple (epoch rows:
     median / floor_s), floor_limit_multiple (the compute row: floor_s / the
     limit's median) and, when a previous run matches, previous_median_s,
-    delta_s, delta_pct, noise_s, verdict (:func:`compare`). Start-up rows give
+    compared_median_s, delta_s, delta_pct, p_value, noise_s, rule, verdict
+    (:func:`impls.report.comparison.compare`). Start-up rows give
     the median over their rounds of ``first_epoch_s``, ``build_s`` and
     ``compile_s`` where they have them. ``pairs``: :func:`pair_previous` of
     ``runs`` and ``previous``, when the caller has it already.
@@ -140,9 +123,9 @@ def results_frame(
     for index, run in enumerate(runs):
         limit, compute = run.limit, run.compute
         floor = compute.floor_seconds if compute is not None else None
-        baselines = {
-            e.case.device: e.median for e in run.of_kind("epoch") if e.implementation == BASELINE
-        }
+        of_baseline = [e for e in run.of_kind("epoch") if e.implementation == BASELINE]
+        baselines = {e.case.device: e.median for e in of_baseline}
+        quiet_baselines = {e.case.device: e.quiet_median for e in of_baseline}
         previous_entries = {}
         if index in pairs:
             previous_entries = {e.key(): e for e in pairs[index][0].entries}
@@ -153,6 +136,9 @@ def results_frame(
                 if device in baselines:  # else no baseline on this machine
                     row["speedup_vs_baseline"] = baselines[device] / entry.median
                     row["speedup_baseline_device"] = device
+                    quiet = (quiet_baselines[device], entry.quiet_median)
+                    if None not in quiet:
+                        row["quiet_speedup_vs_baseline"] = quiet[0] / quiet[1]
                 if floor is not None:
                     row["floor_multiple"] = entry.median / floor
             if entry.kind in ("epoch", "limit") and limit is not None:
@@ -164,7 +150,7 @@ def results_frame(
                 row.update(compare(entry, before))
             rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("previous_median_s", "delta_s", "delta_pct", "noise_s", "verdict"):
+    for column in COMPARISON_COLUMNS:
         if column not in frame:
             frame[column] = None
     return frame

@@ -7,10 +7,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from impls.config import TrainConfig
-from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, results_frame
+from impls.report.comparison import comparison_lines
+from impls.report.comparison import method_line as comparison_method_line
+from impls.report.frame import BASELINE, results_frame
+from impls.report.history import history_lines, machine_histories
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
+from impls.report.spells import method_lines as spell_method_lines
+from impls.report.spells import spell_lines
 from impls.report.tables import (
     NOISY_IQR_FRACTION,
     machine_table,
@@ -111,6 +116,7 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
         + _clocks_text(runs)
     )
+    lines += spell_method_lines(runs)
     lines.append(
         "- **The limit** is one read of the float32 training set (60000 × 784 × 4 B = 188 MB): "
         "`np.sum` over it, one contiguous block of rows per thread, nothing written, with the "
@@ -209,8 +215,14 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     return lines
 
 
-def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> str:
-    """Write the figures into ``figures`` and return the Markdown text."""
+def render(
+    runs: Sequence[Run],
+    figures: Path,
+    previous: Sequence[Run] = (),
+    history: Sequence[Run] | None = None,
+) -> str:
+    """Write the figures into ``figures`` and return the Markdown text. ``history``: the
+    saved runs each machine's history is drawn from (:mod:`.history`; None: no history)."""
     pairs = pair_previous(runs, previous)
     frame = results_frame(runs, previous, pairs)
     multi = len(runs) > 1
@@ -253,6 +265,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
         )
         lines.append("")
 
+    lines += spell_lines(runs, frame)
     failed = _not_measured(runs, multi)
     if failed:
         import pandas as pd
@@ -261,43 +274,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
 
     previous_lines: list[str] = []
     if pairs:
-        lines += ["### Compared with the previous run", ""]
-        for index, (before, same_machine) in sorted(pairs.items()):
-            lines.append(
-                f"- {runs[index].label}: previous run `{before.path}` ({before.short_date} UTC, "
-                f"commit `{before.commit}`)"
-                + ("" if same_machine else " — **from another machine**: deltas mix hardware")
-            )
-        flagged = frame[frame["verdict"].isin(["regression", "improvement"])]
-        lines.append("")
-        if flagged.empty:
-            lines.append("No change beyond the noise rule.")
-        else:
-            for _, row in flagged.sort_values("delta_pct", ascending=False).iterrows():
-                what = "slower" if row["verdict"] == "regression" else "faster"
-                point = f"{row['group']}: {row['implementation']} {row['device']}"
-                if row["kind"] == "batch":
-                    point += f", batch {int(row['batch_size'])}"
-                elif row["kind"] == "threads":
-                    threads = int(row["threads"])
-                    point += f", {plural(threads, 'thread')}"
-                elif row["kind"] == "startup":
-                    point += f", {row['startup']}"
-                lines.append(
-                    f"- {'**regression**' if what == 'slower' else 'improvement'} — {point}: "
-                    f"{number(row['previous_median_s'])} s → {number(row['median_s'])} s "
-                    f"({row['delta_pct']:+.1f} %, {what} by more than the noise "
-                    f"{number(row['noise_s'], 2)} s)"
-                )
-        lines.append("")
-        previous_lines.append(
-            "- **Δ vs previous**: change of the median epoch time from the previous saved run "
-            "of the same machine. Beyond the noise (▲ slower / ▼ faster) means it moved by more "
-            f"than the larger of both runs' IQRs and more than {int(100 * RELATIVE_NOISE_FLOOR)} % "
-            "of the previous median; otherwise *(noise)*. Runs differ by more than their own "
-            "IQRs suggest (other load, clock, memory placement): re-run to confirm a flagged "
-            "change."
-        )
+        lines += comparison_lines(runs, pairs, frame)
+        previous_lines.append(comparison_method_line(frame["rule"].dropna()))
     elif previous:
         lines += ["*No previous run of the same machine to compare with.*", ""]
 
@@ -318,6 +296,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
     lines += ["## Figures", ""]
     figure_lines = _figures(runs, frame, figures, multi=multi, target=target)
     lines += figure_lines
+    if history is not None:
+        lines += history_lines(machine_histories(runs, history), figures, FIGURES_DIR)
 
     for kind, title in (("batch", "Sweep: batch size"), ("threads", "Sweep: threads")):
         table = sweep_table(frame, kind, with_machine=multi)

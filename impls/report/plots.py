@@ -70,7 +70,7 @@ def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
             textcoords="offset points",
         )
     ax.set_xlim(right=max(rows["q3_s"].max(), medians.max()) * 4)
-    _plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.xaxis)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.set_title("Steady-state epoch time (epoch 1 excluded)")
     return save_figure(fig, path)
@@ -113,7 +113,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | N
         ax.set_title("Test accuracy after each epoch")
     else:
         ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel("cumulative training wall time [s] (evaluation excluded; log scale)")
         ax.set_title("Test accuracy against training time")
     ax.set_ylabel("test accuracy")
@@ -125,7 +125,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | N
     return save_figure(fig, path)
 
 
-def _plain_log_ticks(axis) -> None:
+def plain_log_ticks(axis) -> None:
     """Ticks at 1, 2, 5 × 10^k, labelled as plain numbers, on a log-scaled axis."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 

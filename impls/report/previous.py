@@ -74,15 +74,19 @@ def find_previous(run: Run, saved: Iterable[Run]) -> Run | None:
     (:func:`same_run`) is never chosen, and a ``--quick`` smoke run is only
     compared with another smoke run.
     """
-    quick = run.settings.quick
     return newest(
         candidate
         for candidate in saved
-        if candidate.machine_key == run.machine_key
-        and candidate.settings.quick == quick  # smoke runs are not measurements
+        if comparable(candidate, run)
         and not same_run(candidate, run)
         and candidate.recorded_before(run)
     )
+
+
+def comparable(one: Run, other: Run) -> bool:
+    """Whether two runs measure alike: the same machine, and both smoke runs (``--quick``,
+    not measurements) or neither."""
+    return one.machine_key == other.machine_key and one.settings.quick == other.settings.quick
 
 
 def pair_previous(runs: Sequence[Run], previous: Sequence[Run]) -> dict[int, tuple[Run, bool]]:

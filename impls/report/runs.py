@@ -173,14 +173,15 @@ def _measurement(path: Path, index: int, raw: Any) -> Measurement:
     try:
         timing = Timing.from_dict(raw["stats"], f"{where}: stats")
         case = results.from_extra_info(raw["extra_info"], f"{where}: extra_info")
-    except ResultError as error:
+        group = results.GROUPS[case.kind]
+        if raw["group"] != group:
+            raise _fail(
+                path,
+                f"{where}: group is {raw['group']!r}, expected {group!r} for kind {case.kind!r}",
+            )
+        return Measurement(raw["name"], raw.get("fullname") or raw["name"], group, timing, case)
+    except ResultError as error:  # the checks across stats and extra_info, too
         raise _fail(path, str(error)) from None
-    group = results.GROUPS[case.kind]
-    if raw["group"] != group:
-        raise _fail(
-            path, f"{where}: group is {raw['group']!r}, expected {group!r} for kind {case.kind!r}"
-        )
-    return Measurement(raw["name"], raw.get("fullname") or raw["name"], group, timing, case)
 
 
 def _check_schema(path: Path, fmbench: dict[str, Any]) -> None:
@@ -273,13 +274,18 @@ def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
     return label_runs(runs)
 
 
+def machine_label(run: Run) -> str:
+    """The run's machine: 'host (CPU, N CPUs)'."""
+    cpu = run.extra_machine.cpu_model or "unknown CPU"
+    cpus = run.extra_machine.logical_cpus
+    node = run.machine_info.node or "unknown host"
+    return f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
+
+
 def label_runs(runs: Sequence[Run]) -> list[Run]:
     """Label each run with its machine; the same machine twice gets the date too."""
     for run in runs:
-        cpu = run.extra_machine.cpu_model or "unknown CPU"
-        cpus = run.extra_machine.logical_cpus
-        node = run.machine_info.node or "unknown host"
-        run.label = f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
+        run.label = machine_label(run)
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.label] = counts.get(run.label, 0) + 1

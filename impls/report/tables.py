@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from impls.report.comparison import p_text
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
 from impls.report.text import number, plural, present
@@ -21,11 +22,13 @@ def _delta_text(row) -> str:
     if not present(row.get("verdict")):
         return "—"
     text = f"{row['delta_pct']:+.1f} %"
+    p_value = row.get("p_value")
+    p = p_text(p_value) if present(p_value) else ""  # the U test's, where it ran
     if row["verdict"] == "regression":
-        return f"**{text} ▲ slower**"
+        return f"**{text} ▲ slower**" + (f" ({p})" if p else "")
     if row["verdict"] == "improvement":
-        return f"{text} ▼ faster"
-    return f"{text} (noise)"
+        return f"{text} ▼ faster" + (f" ({p})" if p else "")
+    return f"{text} (noise" + (f", {p})" if p else ")")
 
 
 def _speedup_text(row) -> str:
