@@ -15,15 +15,16 @@ from collections.abc import Sequence
 
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
-from impls.report.text import markdown_table, number, plural, present
+from impls.report.text import markdown_table, number, present
 from impls.run_info import Canary
 
 SCHEDULE_TEXT = {
     "round-robin": (
         "round-robin: one epoch of each implementation in turn, each in its own persistent "
-        "worker, the order rotated every cycle, so that a spell of the host (seconds in which "
-        "a shared machine runs the same code up to 3× slower) falls on every implementation "
-        "alike instead of on one implementation's rounds, and the ratios between them hold"
+        "worker, each cycle in a shuffled order unlike the one before, so that a spell of the "
+        "host (seconds in which a shared machine runs the same code up to 3× slower) falls on "
+        "every implementation alike instead of on one implementation's rounds, and the ratios "
+        "between them hold"
     ),
     "blocks": (
         "blocks: each implementation's timed rounds back to back (`--schedule blocks`, and "
@@ -83,11 +84,10 @@ def _canary_text(canary: Canary, label: str | None) -> str:
     """How one run's canary marks spells, and how many of its canaries were slow."""
     where = f" ({label})" if label else ""
     return (
-        f"before every timed round the run times a canary{where}, {canary.what} "
-        f"({plural(canary.threads, 'thread')}); a round counts as in a spell when the canary "
-        f"just before or just after it took more than {canary.threshold:g}× the run's quiet "
-        f"canary (their lower quartile, {number(1000 * canary.quiet)} ms): {canary.slow} of "
-        f"{len(canary.seconds)} canaries did."
+        f"before every timed round the run times a canary{where}, {canary.what}; a round "
+        f"counts as in a spell when the canary just before or just after it took more than "
+        f"{canary.threshold:g}× the run's quiet canary (their lower quartile, "
+        f"{number(1000 * canary.quiet)} ms): {canary.slow} of {len(canary.seconds)} canaries did."
     )
 
 
