@@ -158,6 +158,7 @@ class RunSettings(Stored):
     # implementation in turn) or "blocks" (each implementation's rounds back to back,
     # the only order before schema 3).
     schedule: str = "blocks"
+    seeds: list[int] | None = None  # the main run's seeds, the first one its history's
 
     def validate(self, where: str) -> None:
         if self.schedule not in SCHEDULES:
