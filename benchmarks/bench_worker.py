@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -106,6 +107,67 @@ def _framework_info() -> dict[str, object]:
     return info
 
 
+class TreeMemory:
+    """The peak proportional set size of this process and its children, summed.
+
+    An implementation with worker processes of its own (d2l-reference's DataLoader)
+    holds memory a peak RSS of the worker leaves out, and its children's RSS counts
+    every page they share with it again; summed PSS counts each page once. The
+    children exist only during an epoch, so a thread samples the tree while a
+    request runs; it is started only once the process has had children (after the
+    warm-up), so that the other implementations' timed epochs share the CPU with no one.
+    """
+
+    INTERVAL_S = 0.1
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak: int | None = None
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def had_children() -> bool:
+        """Whether this process has started a child (waited for, or alive now)."""
+        import resource
+
+        import psutil
+
+        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss > 0 or bool(
+            psutil.Process().children()
+        )
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        for process in [self._process, *self._process.children(recursive=True)]:
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.Error, AttributeError):  # gone, or no PSS on this platform
+                continue
+        self.peak = max(self.peak or 0, total)
+
+    def __enter__(self) -> TreeMemory:
+        if self.peak is not None or self.had_children():
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            self.sample()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
 class Server:
     """Holds the dataset and at most one trainer; answers requests in order.
 
@@ -123,6 +185,7 @@ class Server:
         self.module = None
         self.import_seconds = None
         self.runner = None
+        self.tree_memory = TreeMemory()
 
     # Each handler returns the reply's fields.
 
@@ -174,10 +237,12 @@ class Server:
         return {}
 
     def cmd_train(self) -> dict[str, object]:
-        return {"record": self.runner.train().as_dict()}
+        with self.tree_memory:
+            return {"record": self.runner.train().as_dict()}
 
     def cmd_evaluate(self) -> dict[str, object]:
-        return {"record": self.runner.evaluate().as_dict()}
+        with self.tree_memory:
+            return {"record": self.runner.evaluate().as_dict()}
 
     def cmd_history(self) -> dict[str, object]:
         return {"history": [record.as_dict() for record in self.runner.history]}
@@ -193,6 +258,7 @@ class Server:
         return {
             "peak_rss_bytes": own,
             "peak_rss_children_bytes": children,
+            "peak_tree_pss_bytes": self.tree_memory.peak,
             "rss_bytes": int(psutil.Process().memory_info().rss),
             "frameworks": _framework_info(),
         }

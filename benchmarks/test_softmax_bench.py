@@ -83,6 +83,7 @@ def _memory(epochs: bench_workers.EpochRequests) -> dict:
     return {
         "peak_rss_bytes": info["peak_rss_bytes"],
         "peak_rss_children_bytes": info["peak_rss_children_bytes"],
+        "peak_tree_pss_bytes": info["peak_tree_pss_bytes"],
     }
 
 

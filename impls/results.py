@@ -232,6 +232,9 @@ class TrainingResult(Stored):
     predictions: list[int] | None = None
     peak_rss_bytes: int | None = None
     peak_rss_children_bytes: int | None = None
+    # The peak of this process's and its children's proportional set sizes summed, each
+    # page counted once; recorded for implementations that start processes of their own.
+    peak_tree_pss_bytes: int | None = None
     # One mark per timed round, in the order run: True when the canary timed beside the
     # round (``RunSection.canary``) was slow, i.e. the round ran during a spell of the host.
     spell_rounds: list[bool] | None = None

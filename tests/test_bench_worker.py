@@ -76,3 +76,47 @@ def test_the_pool_keeps_several_workers_alive_only_when_asked(real_data) -> None
     finally:
         pool.close()
     assert not replacement.alive()
+
+
+TREE_MEMORY_SCRIPT = """
+import json, subprocess, sys, time
+
+import bench_worker
+
+memory = bench_worker.TreeMemory()
+with memory:
+    time.sleep(0.3)
+before = memory.peak
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(60)"]
+)
+try:
+    time.sleep(1.5)  # the child's pages are touched
+    with memory:
+        time.sleep(0.5)
+finally:
+    child.kill()
+    child.wait()
+print(json.dumps({"before": before, "after": memory.peak}))
+"""
+
+
+def test_tree_memory_adds_the_childrens_memory_once_they_exist() -> None:
+    """Sampled only once the process has had children; then their memory counts too.
+
+    In a fresh process: this one may have started children already."""
+    pytest.importorskip("psutil")
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", TREE_MEMORY_SCRIPT],
+        env=bench_workers.worker_env(1) | {"PYTHONPATH": str(bench_workers.HERE)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert peaks["before"] is None  # no child yet: no sampling thread, nothing recorded
+    assert peaks["after"] > 200 * 2**20
