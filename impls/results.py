@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from impls.idx import IMAGE_SIZE
+
 SCHEMA = 2
 
 
@@ -197,7 +199,7 @@ class TrainingResult(Stored):
     ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
     """
 
-    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads")
+    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size")
 
     kind: str
     implementation: str
@@ -215,8 +217,10 @@ class TrainingResult(Stored):
     predictions: list[int] | None = None
     peak_rss_bytes: int | None = None
     peak_rss_children_bytes: int | None = None
+    size: int = IMAGE_SIZE  # the images' side (the input-size sweep); files before it: 28
 
     def validate(self, where: str) -> None:
+        check_positive(self.size, f"{where}.size")
         if not self.history:
             raise ResultError(f"{where}.history is empty")
         if final_test_accuracy(self.history) is None:
@@ -234,6 +238,12 @@ class TrainingResult(Stored):
     @property
     def final_test_accuracy(self) -> float:
         return final_test_accuracy(self.history)  # type: ignore[return-value]
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The learning rate the case trained with (its config's), if recorded."""
+        lr = self.config.get("lr")
+        return float(lr) if _is_number(lr) else None
 
     @property
     def first_epoch_seconds(self) -> float:
@@ -256,13 +266,14 @@ class _Floor(Stored):
     threads: int
     what: str = ""
     device: str = "cpu"
+    size: int = IMAGE_SIZE  # the images' side the floor was measured at; files before it: 28
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReadLimit(_Floor):
     """The read floor: one pass over ``bytes`` of the training set with ``threads`` threads."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("limit",)
+    KINDS: ClassVar[tuple[str, ...]] = ("limit", "size-limit")  # size-: the input-size sweep's
 
     bytes: int
     kind: str = "limit"
@@ -281,7 +292,7 @@ class ReadLimit(_Floor):
 class ComputeFloor(_Floor):
     """One large float32 matrix product, whose rate prices an epoch's ``epoch_flops``."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("compute",)
+    KINDS: ClassVar[tuple[str, ...]] = ("compute", "size-compute")
 
     flops_per_call: int
     epoch_flops: int
@@ -336,7 +347,11 @@ GROUPS = {
     "threads": "sweep: threads",
     "compute": "compute floor",
     "startup": "start-up",
+    "size": "sweep: input size",
+    "size-limit": "sweep: input size",
+    "size-compute": "compute floor",
 }
+SIZE_KINDS = ("size", "size-limit", "size-compute")  # the input-size sweep and its floors
 
 
 def to_extra_info(result: CaseResult) -> dict[str, Any]:
@@ -416,6 +431,7 @@ class Measurement:
             getattr(case, "threads", None),
             getattr(case, "batch_size", None),
             getattr(case, "startup", None),
+            getattr(case, "size", IMAGE_SIZE),
         )
 
     def _rate(self, kind: type, unit: float = 1.0) -> float | None:

@@ -11,6 +11,7 @@ from impls.report.frame import BASELINE, RELATIVE_NOISE_FLOOR, results_frame
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
+from impls.report.sizes import size_section
 from impls.report.tables import (
     NOISY_IQR_FRACTION,
     machine_table,
@@ -22,6 +23,7 @@ from impls.report.tables import (
     sweep_table,
 )
 from impls.report.text import markdown_table, number, plural, present
+from impls.results import SIZE_KINDS
 from impls.run_info import RegistryEntry
 
 FIGURES_DIR = "figures"
@@ -283,6 +285,8 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
                     point += f", {plural(threads, 'thread')}"
                 elif row["kind"] == "startup":
                     point += f", {row['startup']}"
+                elif row["kind"] in SIZE_KINDS:
+                    point += f", {int(row['size'])} × {int(row['size'])}"
                 lines.append(
                     f"- {'**regression**' if what == 'slower' else 'improvement'} — {point}: "
                     f"{number(row['previous_median_s'])} s → {number(row['median_s'])} s "
@@ -329,6 +333,7 @@ def render(runs: Sequence[Run], figures: Path, previous: Sequence[Run] = ()) -> 
             + _held_fixed(runs, frame, kind)
         )
         lines += ["", markdown_table(table), ""]
+    lines += size_section(runs, figures, FIGURES_DIR, multi=multi)
 
     settings = settings_table(runs, with_machine=multi)
     if settings is not None:
