@@ -24,7 +24,7 @@ def lr_at_size(lr: float, side: int | None) -> float:
     error, so one step moves an example's logits by about lr × its squared norm,
     which grows with the pixels an upsampled image spreads its ink over: held
     constant, each step does at every size what it does at 28 × 28 and training
-    stays as stable (at 112 × 112, lr 0.1 alone makes the loss jump: PERFORMANCE.md).
+    stays as stable (at 112 × 112, lr 0.1 alone makes the loss jump: see README.md).
     """
     return lr if side is None else lr * NATIVE_PIXELS / (side * side)
 
