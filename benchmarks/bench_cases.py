@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from bench_options import SWEEP_EXCLUDED, Settings
+from bench_options import BOOK_SIZE, SWEEP_EXCLUDED, Settings
 
+from impls.config import TrainConfig, lr_at_size
+from impls.data import IMAGE_SIZE
 from impls.registry import REGISTRY
 from impls.results import GROUPS
 
@@ -25,18 +27,25 @@ COMPILE_CACHE_ENV = {
 }
 
 # The floors: test function name -> the kind its result records.
-FLOOR_TESTS = {"test_read_limit": "limit", "test_compute_floor": "compute"}
+FLOOR_TESTS = {
+    "test_read_limit": "limit",
+    "test_compute_floor": "compute",
+    "test_read_limit_at_size": "size-limit",
+    "test_compute_floor_at_size": "size-compute",
+}
+FLOOR_SIZE_FIXTURE = "floor_size"  # the floors at each swept size take theirs from it
 
 
 @dataclass(frozen=True)
 class Case:
     """One benchmark: an implementation on a device at a thread count and batch size."""
 
-    kind: str  # "epoch", "batch" or "threads"
+    kind: str  # "epoch", "batch", "threads" or "size"
     impl: str
     device: str
     threads: int
     batch_size: int
+    size: int = IMAGE_SIZE  # the images' side: the input-size sweep's (else the native 28)
 
     @property
     def id(self) -> str:
@@ -44,8 +53,17 @@ class Case:
             "epoch": "",
             "batch": f"-batch{self.batch_size}",
             "threads": f"-threads{self.threads}",
+            "size": f"-size{self.size}",
         }
         return f"{self.impl}-{self.device}{suffix[self.kind]}"
+
+    @property
+    def size_settings(self) -> dict[str, object]:
+        """The config's fields for this case's image size: none at 28, else the size and
+        the learning rate its rule gives (:func:`impls.config.lr_at_size`)."""
+        if self.size == IMAGE_SIZE:
+            return {}
+        return {"resize": self.size, "lr": lr_at_size(TrainConfig.lr, self.size)}
 
     @property
     def group(self) -> str:
@@ -72,8 +90,28 @@ class StartupCase:
         return GROUPS[self.kind]
 
 
+def swept_sizes(settings: Settings) -> list[int]:
+    """The input-size sweep's sides besides the native 28, whose point is the main run."""
+    return [size for size in dict.fromkeys(settings.sizes) if size != IMAGE_SIZE]
+
+
+def size_cases(settings: Settings) -> list[Case]:
+    """The input-size sweep: every implementation at each swept size; a slow one only at the
+    book's 64 (every size with ``--sweep-slow``)."""
+    return [
+        Case("size", impl, device, settings.threads, settings.batch_size, size)
+        for impl in settings.impls
+        for device in settings.devices
+        for size in swept_sizes(settings)
+        if impl not in SWEEP_EXCLUDED or settings.sweep_slow or size == BOOK_SIZE
+    ]
+
+
 def training_cases(settings: Settings, kind: str) -> list[Case]:
-    """The cases of ``kind``: the main run (``epoch``) or a sweep (``batch``, ``threads``)."""
+    """The cases of ``kind``: the main run (``epoch``) or a sweep (``batch``, ``threads``,
+    ``size``)."""
+    if kind == "size":
+        return size_cases(settings)
     cases = []
     for impl in settings.impls:
         if kind != "epoch" and impl in SWEEP_EXCLUDED and not settings.sweep_slow:
@@ -114,7 +152,12 @@ def startup_cases(settings: Settings, name: str) -> list[StartupCase]:
 
 
 # The fixture each test takes its case from, and how its cases are made.
-TRAINING_FIXTURES = {"epoch_case": "epoch", "batch_case": "batch", "threads_case": "threads"}
+TRAINING_FIXTURES = {
+    "epoch_case": "epoch",
+    "batch_case": "batch",
+    "threads_case": "threads",
+    "size_case": "size",
+}
 STARTUP_FIXTURES = {"load_case": "load", "cli_case": "cli", "compile_case": "compile"}
 CASE_FIXTURES = (*TRAINING_FIXTURES, *STARTUP_FIXTURES)
 
@@ -129,6 +172,9 @@ def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
         if fixture in metafunc.fixturenames:
             found = training_cases(settings, kind)
             metafunc.parametrize(fixture, found, ids=[case.id for case in found])
+    if FLOOR_SIZE_FIXTURE in metafunc.fixturenames:
+        sizes = swept_sizes(settings)
+        metafunc.parametrize(FLOOR_SIZE_FIXTURE, sizes, ids=[f"size{size}" for size in sizes])
 
 
 def item_case(item: pytest.Item) -> Case | StartupCase | None:
@@ -146,14 +192,14 @@ def has_no_case(item: pytest.Item) -> bool:
     return any(
         name in params and not isinstance(params[name], Case | StartupCase)
         for name in CASE_FIXTURES
-    )
+    ) or (FLOOR_SIZE_FIXTURE in params and not isinstance(params[FLOOR_SIZE_FIXTURE], int))
 
 
 def run_order(settings: Settings):
     """The sort key of the test items: floors first, then the main run (every implementation
     in one schedule), then each worker's sweep points in a row, start-up last."""
     impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
-    kind_rank = {"epoch": 0, "batch": 1, "threads": 2}
+    kind_rank = {"epoch": 0, "batch": 1, "threads": 2, "size": 3}
 
     def key(item: pytest.Item) -> tuple:
         case = item_case(item)
@@ -171,6 +217,7 @@ def run_order(settings: Settings):
             case.threads,
             kind_rank[case.kind],
             case.batch_size,
+            case.size,
         )
 
     return key
@@ -181,5 +228,7 @@ def describe(item: pytest.Item) -> dict:
     case = item_case(item)
     if case is None:
         kind = FLOOR_TESTS.get(getattr(item, "originalname", ""), "limit")
-        return {"kind": kind, "group": GROUPS[kind]}
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        size = {"size": params[FLOOR_SIZE_FIXTURE]} if FLOOR_SIZE_FIXTURE in params else {}
+        return {"kind": kind, "group": GROUPS[kind], **size}
     return {**vars(case), "group": case.group}

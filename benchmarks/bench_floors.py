@@ -63,6 +63,6 @@ class PeakGemm:
         self._limits.restore_original_limits()
 
 
-def epoch_flops(num_train: int) -> int:
+def epoch_flops(num_train: int, num_inputs: int = NUM_INPUTS) -> int:
     """Floating-point operations of an epoch's matrix products: x @ W and x.T @ dlogits."""
-    return 2 * (2 * num_train * NUM_INPUTS * NUM_CLASSES)
+    return 2 * (2 * num_train * num_inputs * NUM_CLASSES)

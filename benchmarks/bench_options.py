@@ -12,7 +12,7 @@ import pytest
 from bench_workers import DEFAULT_TIMEOUT
 
 from impls import registry
-from impls.config import TrainConfig, usable_cores
+from impls.config import LR_RULE, TrainConfig, usable_cores
 from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
@@ -25,6 +25,10 @@ DEFAULT_STARTUP_ROUNDS = 5
 DEFAULT_TARGET_ACCURACY = 0.82
 DEFAULT_EPOCH_TIMEOUT_FACTOR = 20.0
 DEFAULT_EPOCH_TIMEOUT_MIN = 30.0
+DEFAULT_SIZES = (28, 64, 112)  # the input-size sweep: the native size, the book's 64, and 4x 28
+DEFAULT_SIZE_ROUNDS = 2  # few: an epoch at 112 x 112 costs 16 of 28 x 28's
+SIZE_FLOOR_ROUNDS = 10  # rounds of each floor at a swept size (the float32 set is 3 GB at 112)
+BOOK_SIZE = 64  # the book's resize: the one size the slow implementations run at by default
 
 # Implementations left out of the sweeps by default, and why (--sweep-slow includes them).
 SWEEP_EXCLUDED = {
@@ -62,6 +66,10 @@ class Settings:
     schedule: str = "round-robin"  # of the main run's timed rounds (bench_schedule.py)
     seeds: tuple[int, ...] = (TrainConfig.seed,)  # the main run trains once per seed
     inject_spells: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each spell
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    size_rounds: int = DEFAULT_SIZE_ROUNDS
+    size_floor_rounds: int = SIZE_FLOOR_ROUNDS
+    size_lr_rule: str = LR_RULE
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -157,7 +165,24 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="LIST",
         help="thread counts of the thread sweep (default 1,2)",
     )
-    add("--no-sweeps", action="store_true", help="skip both sweeps")
+    add(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        metavar="LIST",
+        help="image sides of the input-size sweep (default "
+        f"{','.join(map(str, DEFAULT_SIZES))}; 28 is the main run's); the slow implementations "
+        f"run at {BOOK_SIZE}, the book's resize, only (--sweep-slow: at every size)",
+    )
+    add(
+        "--size-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"timed rounds per input size, after a warm-up epoch (default {DEFAULT_SIZE_ROUNDS})",
+    )
+    add(
+        "--no-sweeps", action="store_true", help="skip the sweeps (batch size, threads, input size)"
+    )
     add(
         "--no-startup",
         action="store_true",
@@ -281,6 +306,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
         if not option(name) > 0:
             flag = "--" + name.replace("_", "-")
             raise pytest.UsageError(f"{flag} must be positive, got {option(name)}")
+    size_rounds = _given_or(option("size_rounds"), 1 if quick else DEFAULT_SIZE_ROUNDS)
+    if size_rounds < 1:
+        raise pytest.UsageError(f"--size-rounds must be positive, got {size_rounds}")
     target = option("target_accuracy")
     if not 0 < target <= 1:
         raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
@@ -310,4 +338,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         schedule=option("schedule"),
         seeds=tuple(range(option("seed"), option("seed") + seed_count)),
         inject_spells=tuple(_spell(text) for text in option("inject_spell")),
+        sizes=_int_list(option("sizes")),
+        size_rounds=size_rounds,
+        size_floor_rounds=QUICK_LIMIT_ROUNDS if quick else SIZE_FLOOR_ROUNDS,
     )

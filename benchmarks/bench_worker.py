@@ -186,6 +186,7 @@ class Server:
         self.import_seconds = None
         self.runner = None
         self.tree_memory = TreeMemory()
+        self.built = self.data  # the data the trainer was built on (resized for a size case)
 
     # Each handler returns the reply's fields.
 
@@ -220,8 +221,10 @@ class Server:
             self.cmd_load()
         self.runner = None
         gc.collect()
+        config = TrainConfig(**config)
+        self.built = self.data.at_size(config.resize)  # from the cache: the floors filled it
         start = time.perf_counter()
-        trainer, resolved = registry.build_trainer(self.impl, self.data, TrainConfig(**config))
+        trainer, resolved = registry.build_trainer(self.impl, self.built, config)
         seconds = time.perf_counter() - start
         self.runner = EpochRunner(trainer, resolved, self.data.num_train)
         return {
@@ -248,7 +251,7 @@ class Server:
         return {"history": [record.as_dict() for record in self.runner.history]}
 
     def cmd_predict(self, count: int) -> dict[str, object]:
-        predictions = self.runner.trainer.predict(self.data.test_images[:count])
+        predictions = self.runner.trainer.predict(self.built.test_images[:count])
         return {"predictions": [int(p) for p in predictions]}
 
     def cmd_info(self) -> dict[str, object]:

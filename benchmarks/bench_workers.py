@@ -294,6 +294,7 @@ class WorkerPool:
                 "device": case.device,
                 "threads": case.threads,
                 "batch_size": case.batch_size,
+                **case.size_settings,
                 **config,
             },
         )

@@ -1,6 +1,7 @@
 """``fmbench``: a thin command line over the functions the tests call directly.
 
-    fmbench train IMPL [--epochs --lr --batch-size --seed --threads --device --data-dir --out]
+    fmbench train IMPL [--epochs --lr --batch-size --seed --threads --device --resize
+                        --data-dir --out]
     fmbench list
     fmbench data [--data-dir DIR] [--no-download]
     fmbench report FILES... (see ``impls.report``)
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from impls import registry
-from impls.config import ConfigError, TrainConfig, usable_cores
+from impls.config import LR_RULE, ConfigError, TrainConfig, lr_at_size, usable_cores
 from impls.data import DataDirError, DataError, fetch, load_fashion_mnist
 from impls.files import write_atomically
 from impls.protocol import DeviceUnavailableError
@@ -89,11 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one implementation and draw its figures")
     train.add_argument("impl", help=f"one of: {', '.join(registry.REGISTRY)}")
     train.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    train.add_argument("--lr", type=_positive_float, default=defaults.lr)
+    train.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"default {defaults.lr}; with --resize, by the rule {LR_RULE}",
+    )
     train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
     train.add_argument("--seed", type=_non_negative_int, default=defaults.seed)
     train.add_argument("--threads", type=_positive_int, default=None, help="default: all cores")
     train.add_argument("--device", default=defaults.device, help="cpu, cuda, mps, gpu, tpu")
+    train.add_argument(
+        "--resize",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train on N x N images, resized as torchvision's Resize(N) does (cached once "
+        "resized; d2l-reference resizes each image every epoch, as the book does)",
+    )
     train.add_argument("--data-dir", type=Path, default=None, help="a directory with the 4 files")
     train.add_argument("--out", type=Path, default=None, help="figures and history (runs/IMPL)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -117,7 +131,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--threads {args.threads} is more than the {cores} usable cores here")
     try:
         return TrainConfig(
-            lr=args.lr,
+            lr=lr_at_size(TrainConfig.lr, args.resize) if args.lr is None else args.lr,
+            resize=args.resize,
             batch_size=args.batch_size,
             epochs=args.epochs,
             seed=args.seed,
@@ -210,7 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -> int:
-    data = load_fashion_mnist(args.data_dir)
+    data = load_fashion_mnist(args.data_dir, resize=config.resize)
 
     from tqdm import tqdm
 
@@ -246,9 +261,10 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -
         bar.close()
     median = statistics.median(history.column("train_seconds"))
     config = history.config  # resolved: the threads actually asked for
+    size = f" at {data.side}x{data.side} (lr {config.lr:.4g})" if config.resize else ""
     print(
         f"{args.impl}: final test accuracy {history.final.test_accuracy:.4f} "
-        f"after {config.epochs} epochs; median epoch {median:.3f} s on {config.device} "
+        f"after {config.epochs} epochs{size}; median epoch {median:.3f} s on {config.device} "
         f"with {config.threads} thread{'s' if config.threads != 1 else ''}"
     )
     _write_outputs(history, trainer, data, out)

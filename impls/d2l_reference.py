@@ -1,7 +1,8 @@
 """The baseline: the book's PyTorch pipeline as a reader runs it (sections 3.5 and 3.7).
 
 torchvision's ``FashionMNIST`` dataset with the per-sample ``ToTensor``
-transform, a shuffling ``DataLoader`` with the book's 4 worker processes
+transform (after ``Resize`` when the data were resized, as the book's ``resize``
+argument does), a shuffling ``DataLoader`` with the book's 4 worker processes
 (``get_dataloader_workers``), ``nn.Sequential(nn.Flatten(), nn.Linear)``,
 ``nn.CrossEntropyLoss`` and ``torch.optim.SGD``, looped over as in
 ``train_epoch_ch3``. Batches stream from the loader to the device every epoch;
@@ -24,7 +25,7 @@ straight after.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,25 @@ def write_raw_files(data: FashionMNIST, root: Path) -> None:
         (raw / spec.name).write_bytes(encode_idx(array))
 
 
+def book_transform(data: FashionMNIST) -> tuple[FashionMNIST, Callable]:
+    """The images torchvision reads, and its per-sample transform, as the book's loader has them.
+
+    Resized data are given back at their original size with ``Resize`` in the
+    transform (``load_data_fashion_mnist(batch_size, resize)``): each image is
+    resized as a PIL image, every epoch, in the loader's workers.
+    """
+    if data.original is None:
+        return data, transforms.ToTensor()
+    return data.original, transforms.Compose([transforms.Resize(data.side), transforms.ToTensor()])
+
+
 def load_datasets(data: FashionMNIST) -> tuple[datasets.FashionMNIST, datasets.FashionMNIST]:
-    """torchvision's train and test datasets (``ToTensor`` per sample) holding ``data``."""
+    """torchvision's train and test datasets (the book's transform per sample) holding ``data``."""
+    source, transform = book_transform(data)
     with tempfile.TemporaryDirectory(prefix="fmbench-torchvision-") as root:
-        write_raw_files(data, Path(root))
+        write_raw_files(source, Path(root))
         return tuple(  # type: ignore[return-value]
-            datasets.FashionMNIST(
-                root=root, train=train, transform=transforms.ToTensor(), download=False
-            )
+            datasets.FashionMNIST(root=root, train=train, transform=transform, download=False)
             for train in (True, False)
         )
 

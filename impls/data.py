@@ -2,7 +2,8 @@
 
 This module is the loader's public face: import from here. It holds the arrays
 (:class:`FashionMNIST`, :func:`load_fashion_mnist`, :func:`to_float32`,
-:func:`resize_images`), the dataset's constants, and the minibatch order every
+:func:`resize_images`, exact to torchvision's ``Resize``, and cached by
+:meth:`FashionMNIST.at_size`), the dataset's constants, and the minibatch order every
 implementation shares (:class:`MinibatchOrder`, :func:`check_order`, and
 :func:`batch_bounds`, the one cut into batches). The machinery underneath lives in
 two modules whose public names are re-exported here: :mod:`impls.idx` (the IDX
@@ -41,6 +42,8 @@ from impls.idx import (
     parse_idx,
     verify,
 )
+from impls.resize import check_size, resize_images
+from impls.resize_cache import cached_resize
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -70,6 +73,7 @@ __all__ = [
     "fetch",
     "load_fashion_mnist",
     "parse_idx",
+    "pixels_per_image",
     "resize_images",
     "split_batches",
     "to_float32",
@@ -96,10 +100,42 @@ class FashionMNIST:
     test_images: np.ndarray
     test_labels: np.ndarray
     sources: tuple[str, ...] = ()  # where each of the four files came from
+    # The native-size dataset these images were resized from (None: they are native), for
+    # a pipeline that resizes image by image as the book does (d2l-reference).
+    original: FashionMNIST | None = None
 
     @property
     def num_train(self) -> int:
         return len(self.train_labels)
+
+    @property
+    def side(self) -> int:
+        """The side length of the (square) images."""
+        return self.train_images.shape[1]
+
+    @property
+    def num_inputs(self) -> int:
+        """Pixels per image: the model's inputs (:data:`NUM_INPUTS` at the native size)."""
+        return pixels_per_image(self.train_images)
+
+    def at_size(
+        self, size: int | None, cache_dir: str | os.PathLike[str] | None = None
+    ) -> FashionMNIST:
+        """This dataset with its images resized to ``size`` (None: as they are), from the cache
+        where it holds them (:func:`~impls.resize_cache.cached_resize`)."""
+        native = self if self.original is None else self.original
+        if size is None or size == native.side:
+            return native
+        if size == self.side:
+            return self
+        return FashionMNIST(
+            train_images=cached_resize(native.train_images, size, cache_dir),
+            train_labels=native.train_labels,
+            test_images=cached_resize(native.test_images, size, cache_dir),
+            test_labels=native.test_labels,
+            sources=native.sources,
+            original=native,
+        )
 
     @property
     def num_test(self) -> int:
@@ -120,8 +156,9 @@ def load_fashion_mnist(
 
     The seed's ``load_data_fashion_mnist``, minus the ``DataLoader``: batching
     is :class:`MinibatchOrder`'s job and each framework converts the arrays once.
-    ``resize`` gives square images of that side, like torchvision's ``Resize``
-    (see :func:`resize_images`). Use :func:`to_float32` for the ``ToTensor`` view.
+    ``resize`` gives square images of that side, bit for bit torchvision's ``Resize``
+    (see :func:`resize_images`), computed once and then read from the cache
+    (:meth:`FashionMNIST.at_size`). Use :func:`to_float32` for the ``ToTensor`` view.
     """
     files = fetch(
         data_dir,
@@ -142,18 +179,16 @@ def load_fashion_mnist(
                 f"{images_spec.name} holds {n_images} images but {labels_spec.name} "
                 f"holds {n_labels} labels"
             )
-    train_images = arrays[spec.train_images.name]
-    test_images = arrays[spec.test_images.name]
     if resize is not None:
-        train_images = resize_images(train_images, resize)
-        test_images = resize_images(test_images, resize)
-    return FashionMNIST(
-        train_images=train_images,
+        check_size(resize)  # a bad size fails before the work
+    native = FashionMNIST(
+        train_images=arrays[spec.train_images.name],
         train_labels=arrays[spec.train_labels.name].astype(np.int64),
-        test_images=test_images,
+        test_images=arrays[spec.test_images.name],
         test_labels=arrays[spec.test_labels.name].astype(np.int64),
         sources=tuple(files[f.name].origin for f in spec.files),
     )
+    return native.at_size(resize, cache_dir)
 
 
 def to_float32(images: np.ndarray) -> np.ndarray:
@@ -162,43 +197,14 @@ def to_float32(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(255)
 
 
+def pixels_per_image(images: np.ndarray) -> int:
+    """Pixels in each of ``images`` (N, H, W): the model's inputs; known for N = 0 too."""
+    return int(np.prod(images.shape[1:]))
+
+
 def class_names(labels: Sequence[int] | np.ndarray) -> list[str]:
     """Text labels for numeric ones (the seed's ``get_fashion_mnist_labels``)."""
     return [CLASS_NAMES[int(label)] for label in labels]
-
-
-# ---------------------------------------------------------------------- resize
-
-
-def _pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) interpolation matrix of PIL's antialiased bilinear filter (triangle kernel)."""
-    scale = in_size / out_size
-    support = max(scale, 1.0)  # downscaling widens the kernel: that is the antialiasing
-    centers = (np.arange(out_size) + 0.5) * scale
-    taps = np.arange(in_size) + 0.5
-    weights = np.clip(1.0 - np.abs(taps[None, :] - centers[:, None]) / support, 0.0, None)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Square-resize uint8 images (N, H, W) like torchvision's ``Resize(size)`` on PIL images.
-
-    Same antialiased bilinear filter as PIL, computed in float64 then rounded to
-    uint8; PIL's fixed-point arithmetic can differ by one grey level (1/255 after
-    ``to_float32``), which is the tolerance the tests hold it to.
-    """
-    if size < 1:
-        raise ValueError(f"resize must be a positive side length, got {size}")
-    _, height, width = images.shape
-    rows = _pil_bilinear_weights(height, size)
-    cols = _pil_bilinear_weights(width, size)
-    out = np.empty((len(images), size, size), dtype=np.uint8)
-    step = 4096  # bound the float64 temporaries
-    for start in range(0, len(images), step):
-        block = images[start : start + step].astype(np.float64)
-        resized = rows @ block @ cols.T  # separable: rows, then columns
-        out[start : start + step] = np.clip(np.rint(resized), 0, 255)
-    return out
 
 
 # ------------------------------------------------------------------ minibatches

@@ -35,7 +35,7 @@ import optax
 
 from impls import jax_support
 from impls.config import TrainConfig
-from impls.data import NUM_INPUTS, FashionMNIST, batch_bounds, check_order, to_float32
+from impls.data import FashionMNIST, batch_bounds, check_order, pixels_per_image, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 
 # ---------------------------------------------------------------------- maths
@@ -285,7 +285,7 @@ class JaxTrainer:
         return Evaluation(loss / total, int(correct) / total)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        flat = to_float32(images).reshape(len(images), NUM_INPUTS)  # also (0, 784)
+        flat = to_float32(images).reshape(len(images), pixels_per_image(images))  # also N = 0
         labels = self._predict_jit(self._params, jax.device_put(flat, self._device))
         return np.asarray(labels).astype(np.int64)
 

@@ -29,7 +29,7 @@ from numba import prange
 
 from impls import numba_support  # first: it configures Numba before any kernel is defined
 from impls.config import TrainConfig
-from impls.data import NUM_CLASSES, NUM_INPUTS, FashionMNIST, batch_bounds, check_order
+from impls.data import NUM_CLASSES, FashionMNIST, batch_bounds, check_order
 from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params
 
 BLOCK = 64  # rows a thread takes at a time: their 50 KB of pixels stay in its L1/L2 caches
@@ -50,7 +50,7 @@ def forward(w, bias, pixels, index, rows, logits):
         u, v = row(pixels, index, i, rows, AHEAD), row(pixels, index, i + 1, rows, AHEAD)
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = np.float32(0)
         b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = np.float32(0)
-        for k in range(NUM_INPUTS):
+        for k in range(pixels.shape[1]):
             x, y = np.float32(u[k]), np.float32(v[k])  # pixel values, 0..255
             a0, b0, a1, b1 = a0 + x * w[0, k], b0 + y * w[0, k], a1 + x * w[1, k], b1 + y * w[1, k]
             a2, b2, a3, b3 = a2 + x * w[2, k], b2 + y * w[2, k], a3 + x * w[3, k], b3 + y * w[3, k]
@@ -107,7 +107,7 @@ def backward(pixels, index, dlogits, rows, grads):
         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = dlogits[:, i + 1]
         d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = dlogits[:, i + 2]
         e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = dlogits[:, i + 3]
-        for k in range(NUM_INPUTS):
+        for k in range(pixels.shape[1]):
             x, y, z, q = np.float32(u[k]), np.float32(v[k]), np.float32(s[k]), np.float32(t[k])
             grads[0, k] = grads[0, k] + a0 * x + b0 * y + d0 * z + e0 * q
             grads[1, k] = grads[1, k] + a1 * x + b1 * y + d1 * z + e1 * q
@@ -128,7 +128,7 @@ def update(weights_t, bias, work, step):
     for t in range(len(grads)):
         for c in range(NUM_CLASSES):
             bias[c] -= bias_grads[t, p, c]
-            for k in range(NUM_INPUTS):
+            for k in range(weights_t.shape[1]):  # the padding too: its gradients are 0
                 weights_t[c, k] -= grads[t, p, c, k]
 
 
@@ -233,7 +233,8 @@ class NumbaTrainer:
 
     def parameters(self) -> Params:
         weights_t, bias = self._work.weights[0], self._work.biases[0]
-        return Params(np.ascontiguousarray(weights_t.T), bias[:NUM_CLASSES].copy())
+        inputs = self._train[0].shape[1]  # W's rows past them are the workspace's padding
+        return Params(np.ascontiguousarray(weights_t[:, :inputs].T), bias[:NUM_CLASSES].copy())
 
     def runtime_info(self) -> Mapping[str, object]:
         fastmath = {"forward": sorted(DOT), "backward, update": sorted(FUSE)}

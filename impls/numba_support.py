@@ -44,13 +44,14 @@ from numba.extending import intrinsic
 
 from impls import registry
 from impls.compile_cache import cache_use, choose_directory
-from impls.data import NUM_CLASSES, NUM_INPUTS, default_cache_dir
+from impls.data import NUM_CLASSES, default_cache_dir, pixels_per_image
 
 if TYPE_CHECKING:
     from impls.protocol import Params
 
 CACHE_DIR_ENV = registry.get("numba").compile_cache_env
 CACHE_LINE = 64  # bytes
+FLOATS_PER_LINE = CACHE_LINE // 4  # float32 values
 
 
 def configure() -> dict[str, Any]:
@@ -165,9 +166,9 @@ class Workspace(NamedTuple):
     into one line.
     """
 
-    weights: np.ndarray  # (threads, 10, 784): W, transposed
+    weights: np.ndarray  # (threads, 10, 784 padded to whole cache lines): W, transposed
     biases: np.ndarray  # (threads, 16): b, padded to a cache line
-    grads: np.ndarray  # (threads, 2, 10, 784): partial lr * dW, this step's and the last's
+    grads: np.ndarray  # (threads, 2, 10, same): partial lr * dW, this step's and the last's
     bias_grads: np.ndarray  # (threads, 2, 16): partial lr * db
     logits: np.ndarray  # (threads, 10, block + 8): the block's logits, softmax, dlogits
     stats: np.ndarray  # (threads, 3, block): per example: largest logit, exp sum, true logit
@@ -176,21 +177,28 @@ class Workspace(NamedTuple):
 def as_rows(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images as C-contiguous rows of uint8 pixels, and labels as uint8: one byte each, so
     that the training set's 60 KB of labels stay in cache while the order jumps around."""
-    pixels = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), NUM_INPUTS)
+    pixels = np.ascontiguousarray(images, dtype=np.uint8)
+    pixels = pixels.reshape(len(images), pixels_per_image(images))
     return pixels, np.ascontiguousarray(labels, dtype=np.uint8)
 
 
 def workspace(params: Params, threads: int, block: int) -> Workspace:
-    """A workspace for ``threads`` threads and blocks of ``block`` rows, holding ``params``."""
+    """A workspace for ``threads`` threads and blocks of ``block`` rows, holding ``params``.
+
+    W's rows (one per class) are padded with zeros to whole cache lines, whatever the
+    images' size: the kernels read only the pixels' columns, and the update adds zeros.
+    """
+    inputs = len(params.weights)
+    padded = -(-inputs // FLOATS_PER_LINE) * FLOATS_PER_LINE
     work = Workspace(
-        aligned_zeros((threads, NUM_CLASSES, NUM_INPUTS)),
+        aligned_zeros((threads, NUM_CLASSES, padded)),
         aligned_zeros((threads, 16)),
-        aligned_zeros((threads, 2, NUM_CLASSES, NUM_INPUTS)),
+        aligned_zeros((threads, 2, NUM_CLASSES, padded)),
         aligned_zeros((threads, 2, 16)),
         aligned_zeros((threads, NUM_CLASSES, block + 8)),
         aligned_zeros((threads, 3, block)),
     )
-    work.weights[:] = params.weights.T
+    work.weights[:, :, :inputs] = params.weights.T
     work.biases[:, :NUM_CLASSES] = params.bias
     return work
 

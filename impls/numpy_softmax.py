@@ -27,6 +27,7 @@ from impls.data import (
     FashionMNIST,
     batch_bounds,
     check_order,
+    pixels_per_image,
     to_float32,
 )
 from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params
@@ -63,13 +64,13 @@ class Workspace:
     buffer comes round again, the other core's copies have left its cache.
     """
 
-    def __init__(self, batch_size: int) -> None:
-        self.pixels = np.empty((batch_size, NUM_INPUTS), dtype=np.uint8)
-        self._images = np.empty((IMAGE_BUFFERS, batch_size, NUM_INPUTS), dtype=np.float32)
+    def __init__(self, batch_size: int, num_inputs: int = NUM_INPUTS) -> None:
+        self.pixels = np.empty((batch_size, num_inputs), dtype=np.uint8)
+        self._images = np.empty((IMAGE_BUFFERS, batch_size, num_inputs), dtype=np.float32)
         self._turn = 0
         self.logits = np.empty((batch_size, NUM_CLASSES), dtype=np.float32)
         self.probs = np.empty((batch_size, NUM_CLASSES), dtype=np.float32)
-        self.grad_weights = np.empty((NUM_INPUTS, NUM_CLASSES), dtype=np.float32)
+        self.grad_weights = np.empty((num_inputs, NUM_CLASSES), dtype=np.float32)
         self.rows = np.arange(batch_size)
 
     def next_images(self, n: int) -> np.ndarray:
@@ -133,7 +134,7 @@ class NumpyTrainer:
         self._train_pixels = np.ascontiguousarray(data.train_images.reshape(data.num_train, -1))
         self._train_y = data.train_labels
         # No batch is larger than the training set, whatever the batch size asks for.
-        self._work = Workspace(min(config.batch_size, data.num_train))
+        self._work = Workspace(min(config.batch_size, data.num_train), data.num_inputs)
         self._test_x = to_float32(data.test_images).reshape(data.num_test, -1)
         self._test_y = data.test_labels
         # Copies: train_step updates them in place.
@@ -174,7 +175,9 @@ class NumpyTrainer:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         with self._limit_threads():
-            logits = forward(self._params, to_float32(images).reshape(len(images), NUM_INPUTS))
+            logits = forward(
+                self._params, to_float32(images).reshape(len(images), pixels_per_image(images))
+            )
         return logits.argmax(axis=1).astype(np.int64)
 
     def parameters(self) -> Params:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from impls.config import ConfigError
 from impls.training import Callback, History, fit, init_params
 
 if TYPE_CHECKING:
@@ -159,10 +160,24 @@ def build_trainer(
     """Implementation ``name`` built from the shared initial parameters, and its settings.
 
     ``config`` is resolved here, once (``threads=None`` becomes the usable cores):
-    ``fmbench train`` and the benchmark worker both build through this.
+    ``fmbench train`` and the benchmark worker both build through this. ``data``
+    must be at ``config.resize`` (:meth:`~impls.data.FashionMNIST.at_size`); the
+    model's inputs are its pixels per image.
     """
     config = config.resolved()
-    return make_trainer(name, data, init_params(config), config), config
+    check_size(data, config)
+    params = init_params(config, data.num_inputs)
+    return make_trainer(name, data, params, config), config
+
+
+def check_size(data: FashionMNIST, config: TrainConfig) -> None:
+    """A ConfigError unless ``data``'s images have the side ``config.resize`` asks for."""
+    wanted = config.resize or (data.side if data.original is None else data.original.side)
+    if data.side != wanted:
+        raise ConfigError(
+            f"the images are {data.side}x{data.side} but the config asks for "
+            f"{wanted}x{wanted}: resize them with data.at_size({config.resize})"
+        )
 
 
 def train(

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from impls.idx import IMAGE_SIZE
+
 SCHEMA = 3
 
 
@@ -209,7 +211,7 @@ class TrainingResult(Stored):
     ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
     """
 
-    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads")
+    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size")
 
     kind: str
     implementation: str
@@ -241,8 +243,10 @@ class TrainingResult(Stored):
     # The main run's other seeds (--seeds), in the order run; ``history`` is the first
     # seed's (``config["seed"]``), and the timed rounds are every seed's, pooled.
     more_seeds: list[SeedRun] | None = None
+    size: int = IMAGE_SIZE  # the images' side (the input-size sweep); files before it: 28
 
     def validate(self, where: str) -> None:
+        check_positive(self.size, f"{where}.size")
         if not self.history:
             raise ResultError(f"{where}.history is empty")
         if final_test_accuracy(self.history) is None:
@@ -266,6 +270,12 @@ class TrainingResult(Stored):
         """Every seed's run, the first seed's first (its seed None if the config lacks it)."""
         first = SeedRun(self.config.get("seed"), self.history)  # type: ignore[arg-type]
         return [first, *(self.more_seeds or ())]
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The learning rate the case trained with (its config's), if recorded."""
+        lr = self.config.get("lr")
+        return float(lr) if _is_number(lr) else None
 
     @property
     def first_epoch_seconds(self) -> float:
@@ -312,13 +322,14 @@ class _Floor(Stored):
     threads: int
     what: str = ""
     device: str = "cpu"
+    size: int = IMAGE_SIZE  # the images' side the floor was measured at; files before it: 28
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReadLimit(_Floor):
     """The read floor: one pass over ``bytes`` of the training set with ``threads`` threads."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("limit",)
+    KINDS: ClassVar[tuple[str, ...]] = ("limit", "size-limit")  # size-: the input-size sweep's
 
     bytes: int
     kind: str = "limit"
@@ -337,7 +348,7 @@ class ReadLimit(_Floor):
 class ComputeFloor(_Floor):
     """One large float32 matrix product, whose rate prices an epoch's ``epoch_flops``."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("compute",)
+    KINDS: ClassVar[tuple[str, ...]] = ("compute", "size-compute")
 
     flops_per_call: int
     epoch_flops: int
@@ -392,7 +403,11 @@ GROUPS = {
     "threads": "sweep: threads",
     "compute": "compute floor",
     "startup": "start-up",
+    "size": "sweep: input size",
+    "size-limit": "sweep: input size",
+    "size-compute": "compute floor",
 }
+SIZE_KINDS = ("size", "size-limit", "size-compute")  # the input-size sweep and its floors
 
 
 def to_extra_info(result: CaseResult) -> dict[str, Any]:
@@ -510,6 +525,7 @@ class Measurement:
             getattr(case, "threads", None),
             getattr(case, "batch_size", None),
             getattr(case, "startup", None),
+            getattr(case, "size", IMAGE_SIZE),
         )
 
     def _rate(self, kind: type, unit: float = 1.0) -> float | None:

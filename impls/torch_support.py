@@ -17,9 +17,9 @@ from impls.config import TrainConfig
 from impls.data import (
     EVAL_BATCH,
     NUM_CLASSES,
-    NUM_INPUTS,
     FashionMNIST,
     batch_bounds,
+    pixels_per_image,
     to_float32,
 )
 from impls.protocol import DeviceUnavailableError, Evaluation, Params
@@ -70,9 +70,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def flat_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images (N, 28, 28) as a float32 (N, 784) tensor on ``device``, ToTensor-scaled."""
-    # NUM_INPUTS, not -1: the shape of no images, (0, 784), is then known too.
-    return torch.from_numpy(to_float32(images).reshape(len(images), NUM_INPUTS)).to(device)
+    """uint8 images (N, H, W) as a float32 (N, H * W) tensor on ``device``, ToTensor-scaled."""
+    # Not -1: the shape of no images, (0, H * W), is then known too.
+    flat = to_float32(images).reshape(len(images), pixels_per_image(images))
+    return torch.from_numpy(flat).to(device)
 
 
 def runtime_info(device: torch.device, threads: int) -> dict[str, object]:
@@ -183,7 +184,7 @@ def evaluate_batches(
 
 def build_net(params: Params, device: torch.device) -> nn.Sequential:
     """The book's model, its linear layer loaded from ``params``."""
-    net = nn.Sequential(nn.Flatten(), nn.Linear(NUM_INPUTS, NUM_CLASSES)).to(device)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(params.weights.shape[0], NUM_CLASSES)).to(device)
     load_params(net[1], params)
     return net
 

@@ -59,10 +59,11 @@ class History:
 Callback = Callable[[EpochRecord], None]
 
 
-def init_params(config: TrainConfig) -> Params:
-    """The shared initial parameters: W ~ N(0, init_std^2), b = 0, from ``config.seed``."""
+def init_params(config: TrainConfig, num_inputs: int = NUM_INPUTS) -> Params:
+    """The shared initial parameters: W (num_inputs, 10) ~ N(0, init_std^2), b = 0, from
+    ``config.seed``; ``num_inputs`` is the data's pixels per image (``FashionMNIST.num_inputs``)."""
     rng = np.random.default_rng([config.seed, 0])
-    weights = rng.normal(0.0, config.init_std, size=(NUM_INPUTS, NUM_CLASSES))
+    weights = rng.normal(0.0, config.init_std, size=(num_inputs, NUM_CLASSES))
     return Params(weights.astype(np.float32), np.zeros(NUM_CLASSES, dtype=np.float32))
 
 

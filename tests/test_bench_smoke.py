@@ -19,6 +19,7 @@ from impls.results import SCHEMA, TrainingResult, from_extra_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MISSING_DEVICE = "no-such-device"
+SWEPT_SIZE = 40  # the input-size sweep's one point besides 28: small, so the smoke run stays quick
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
     command = [
         sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
         "--impl", "numpy", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
+        "--sizes", f"28,{SWEPT_SIZE}",
         f"--benchmark-json={run_json}", f"--benchmark-storage={out / 'storage'}",
     ]  # fmt: skip
     result = subprocess.run(
@@ -43,8 +45,8 @@ def test_smoke_json(smoke_run: Path) -> None:
     document = json.loads(smoke_run.read_text())
     kinds = sorted(b["extra_info"]["kind"] for b in document["benchmarks"])
     assert kinds == [
-        "batch", "batch", "batch", "compute", "epoch", "limit", "startup", "startup",
-        "threads", "threads",
+        "batch", "batch", "batch", "compute", "epoch", "limit", "size", "size-compute",
+        "size-limit", "startup", "startup", "threads", "threads",
     ]  # fmt: skip
     for bench in document["benchmarks"]:
         assert bench["stats"]["median"] > 0
@@ -69,7 +71,15 @@ def test_smoke_json(smoke_run: Path) -> None:
     # Two clocks, two facts: pytest-benchmark times the request (epoch + pipe round trip),
     # the record the worker's train_epoch alone.
     assert timed["stats"]["median"] >= epoch.history[1].train_seconds
-    for sweep in (case for case in cases if case.kind in ("batch", "threads")):
+    (size,) = [case for case in cases if case.kind == "size"]
+    assert size.size == SWEPT_SIZE and size.config["resize"] == SWEPT_SIZE
+    assert size.learning_rate == pytest.approx(0.1 * 784 / SWEPT_SIZE**2)  # the lr rule
+    floors = [case for case in cases if case.kind in ("size-limit", "size-compute")]
+    assert [floor.size for floor in floors] == [SWEPT_SIZE] * 2
+    limit = next(case for case in cases if case.kind == "limit")
+    size_limit = next(case for case in floors if case.kind == "size-limit")
+    assert size_limit.bytes == limit.bytes * SWEPT_SIZE**2 // 784
+    for sweep in (case for case in cases if case.kind in ("batch", "threads", "size")):
         assert sweep.history[-1].test_accuracy is not None  # evaluated once, at the end
         assert all(record.test_accuracy is None for record in sweep.history[:-1])
     machine = document["machine_info"]["fmbench"]
@@ -106,12 +116,16 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
     assert "Smoke run" in markdown
     assert "## Start-up" in markdown and "| cli-train " in markdown
     assert "Compute floor: an epoch's matrix products" in markdown
+    sizes = markdown.split("## Input size")[1].split("\n## ")[0]
+    assert "### 28 × 28" in sizes and f"### {SWEPT_SIZE} × {SWEPT_SIZE}" in sizes
+    assert "numpy" in sizes and "Fitted exponents" in sizes and "limit (read once)" in sizes
     figures = tmp_path / "reports" / "figures"
     for name in (
         "epoch_time.png",
         "accuracy_by_epoch.png",
         "accuracy_by_time.png",
         "predictions.png",
+        "input_size.png",
     ):
         assert (figures / name).stat().st_size > 1000
 

@@ -29,6 +29,7 @@ from impls.config import usable_cores
         (["train", "numpy", "--lr", "abc"], "not a number"),
         (["train", "numpy", "--lr", "inf"], "lr must be a positive finite number, got inf"),
         (["train", "numpy", "--batch-size", "0"], "--batch-size: must be positive"),
+        (["train", "numpy", "--resize", "0"], "--resize: must be positive"),
         (["train", "numpy", "--data-dir", "/no/such/dir"], "not a readable directory"),
         (["train", "numpy", "--device", "quantum"], "quantum"),
         (["bogus"], "invalid choice"),
@@ -41,6 +42,7 @@ from impls.config import usable_cores
         "lr-text",
         "infinite-lr",
         "batch-0",
+        "resize-0",
         "bad-data-dir",
         "bad-device",
         "bad-command",
@@ -82,6 +84,28 @@ def no_data(monkeypatch):
 def tiny_run(monkeypatch, tiny_data):
     """``fmbench train`` on the small synthetic dataset: a run takes well under a second."""
     monkeypatch.setattr(cli, "load_fashion_mnist", lambda *args, **kwargs: tiny_data)
+
+
+@pytest.mark.parametrize("lr_args, lr", [([], 0.1 * 784 / 1600), (["--lr", "0.2"], 0.2)])
+def test_resize_trains_on_resized_images_with_the_lr_rule(
+    lr_args, lr, monkeypatch, tiny_data, capsys, tmp_path
+):
+    """--resize loads the images at that size; the lr follows the rule unless --lr is given."""
+    asked = []
+
+    def load(*args, resize=None, **kwargs):
+        asked.append(resize)
+        return tiny_data.at_size(resize, cache_dir=tmp_path / "cache")
+
+    monkeypatch.setattr(cli, "load_fashion_mnist", load)
+    out = tmp_path / "run"
+    argv = ["train", "numpy", "--resize", "40", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(argv + lr_args) == 0
+    assert asked == [40]
+    history = json.loads((out / "history.json").read_text())
+    assert history["config"]["resize"] == 40
+    assert history["config"]["lr"] == pytest.approx(lr)
+    assert f"after 1 epochs at 40x40 (lr {lr:.4g})" in capsys.readouterr().out
 
 
 def test_more_threads_than_cores_is_refused_before_loading(no_data, capsys, tmp_path):

@@ -18,10 +18,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from impls.config import TrainConfig
+from impls.config import ConfigError, TrainConfig, lr_at_size
 from impls.data import FashionMNIST, MinibatchOrder, batch_bounds, to_float32
 from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params, Trainer
-from impls.registry import REGISTRY, Implementation, make_trainer, train
+from impls.registry import REGISTRY, Implementation, build_trainer, make_trainer, train
 from impls.training import History, init_params
 
 REFERENCE = "numpy"
@@ -280,6 +280,52 @@ def test_first_epoch_matches_numpy(impl, one_epoch_runs, real_data):
     run = one_epoch_runs(impl)
     assert_params_close(run.params, reference.params)
     assert_stats_close(run.stats, reference.stats, real_data.num_train)
+
+
+RESIZED = 64  # the book's resize: conformance holds at a size other than the native 28
+
+
+@pytest.fixture(scope="session")
+def resized_first_epochs(real_data: FashionMNIST, conformance_config: TrainConfig):
+    """Each implementation's parameters after its first epoch at 64 x 64, once per session."""
+    data = real_data.at_size(RESIZED)
+    config = conformance_config.replace(resize=RESIZED, lr=lr_at_size(0.1, RESIZED))
+    order = MinibatchOrder(data.num_train, config.seed).epoch(0)
+    runs: dict[str, tuple[EpochStats, Params]] = {}
+
+    def run(impl: Implementation) -> tuple[EpochStats, Params]:
+        if impl.name not in runs:  # the stats and weights only: the trainers' data are large
+            load_module(impl)
+            trainer, _ = build_trainer(impl.name, data, config)
+            runs[impl.name] = trainer.train_epoch(order), trainer.parameters()
+        return runs[impl.name]
+
+    return run
+
+
+@pytest.mark.parametrize("impl", ORDER_FOLLOWERS)
+def test_first_epoch_at_64_matches_numpy(impl, resized_first_epochs, real_data):
+    """The same tolerance as at 28 x 28, on 4096 weights per class instead of 784."""
+    reference_stats, reference_params = resized_first_epochs(REGISTRY[REFERENCE])
+    stats, params = resized_first_epochs(impl)
+    assert params.weights.shape == (RESIZED * RESIZED, 10)
+    assert_params_close(params, reference_params)
+    assert_stats_close(stats, reference_stats, real_data.num_train)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_resized_data_give_the_same_answers_everywhere(impl, tiny_data, default_config, tmp_path):
+    """At 40 x 40 every implementation, d2l-reference resizing image by image in its loader,
+    evaluates the shared initial weights as NumPy does on the cached resize."""
+    data = tiny_data.at_size(40, cache_dir=tmp_path)
+    config = default_config.replace(resize=40)
+    load_module(impl)
+    reference, _ = build_trainer(REFERENCE, data, config)
+    trainer, _ = build_trainer(impl.name, data, config)
+    assert trainer.parameters().weights.shape == (1600, 10)
+    assert_stats_close(trainer.evaluate(), reference.evaluate(), data.num_test, rtol=EVAL_RTOL)
+    with pytest.raises(ConfigError, match=r"the images are 40x40 but the config asks for 28x28"):
+        build_trainer(impl.name, data, default_config)
 
 
 @pytest.mark.parametrize("impl", OWN_ORDER)

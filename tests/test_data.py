@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from impls import data, idx
+from impls import data, idx, resize_cache
 from impls import fetch as fetching
 from impls.data import (
     CLASS_NAMES,
@@ -75,6 +75,87 @@ def test_load_resize_gives_resized_images(tmp_path):
     assert loaded.test_images.shape == (5, 14, 14)
     np.testing.assert_array_equal(loaded.train_images, resize_images(plain.train_images, 14))
     np.testing.assert_array_equal(loaded.train_labels, plain.train_labels)
+
+
+def _tiny(seed: int = 3) -> data.FashionMNIST:
+    rng = np.random.default_rng(seed)
+    return data.FashionMNIST(
+        train_images=rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        train_labels=np.arange(6, dtype=np.int64) % 10,
+        test_images=rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+        test_labels=np.arange(2, dtype=np.int64),
+    )
+
+
+def _no_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, a resize must come from the cache: computing one fails the test."""
+
+    def refuse(images, size):
+        raise AssertionError("resized again instead of read from the cache")
+
+    monkeypatch.setattr(resize_cache, "resize_images", refuse)
+
+
+def test_at_size_resizes_once_then_reads_the_cache(tmp_path, monkeypatch):
+    native = _tiny()
+    first = native.at_size(40, tmp_path)
+    assert first.side == 40 and first.num_inputs == 1600 and first.original is native
+    np.testing.assert_array_equal(first.test_images, resize_images(native.test_images, 40))
+    np.testing.assert_array_equal(first.train_labels, native.train_labels)
+    _no_resizing(monkeypatch)
+    again = native.at_size(40, tmp_path)
+    np.testing.assert_array_equal(again.train_images, first.train_images)
+    assert native.at_size(None, tmp_path) is native and native.at_size(28, tmp_path) is native
+    assert first.at_size(40, tmp_path) is first and first.at_size(None) is native
+
+
+def test_cached_resizes_are_keyed_by_size_and_source_content(tmp_path):
+    one, other = _tiny(3).train_images, _tiny(4).train_images
+    paths = {
+        resize_cache.cache_path(one, 40, tmp_path),
+        resize_cache.cache_path(one, 41, tmp_path),
+        resize_cache.cache_path(other, 40, tmp_path),
+        resize_cache.cache_path(one[:5], 40, tmp_path),
+    }
+    assert len(paths) == 4
+    assert resize_cache.cache_path(one.copy(), 40, tmp_path) in paths
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "not a zip", "wrong shape"])
+def test_a_bad_cached_resize_is_recomputed_with_one_warning(tmp_path, caplog, damage):
+    images = _tiny().train_images
+    expected = resize_cache.cached_resize(images, 40, tmp_path)
+    path = resize_cache.cache_path(images, 40, tmp_path)
+    content = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(content[: len(content) // 2])
+    elif damage == "flipped byte":
+        with np.load(path) as stored:
+            crc = stored["crc32"]
+            flipped = stored["images"].copy()
+        flipped[0, 0, 0] ^= 1
+        np.savez(path, images=flipped, crc32=crc)
+    elif damage == "not a zip":
+        path.write_bytes(b"not a cached resize")
+    else:
+        np.savez(path, images=expected[:, :20], crc32=np.uint32(0))
+    with caplog.at_level("WARNING"):
+        again = resize_cache.cached_resize(images, 40, tmp_path)
+    np.testing.assert_array_equal(again, expected)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "recomputing a bad cached resize" in warning and "\n" not in warning
+    np.testing.assert_array_equal(resize_cache._read(path, expected.shape), expected)  # repaired
+
+
+def test_an_unwritable_resize_cache_costs_time_only(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go")
+    images = _tiny().train_images
+    with caplog.at_level("WARNING"):
+        resized = resize_cache.cached_resize(images, 40, blocker)
+    np.testing.assert_array_equal(resized, resize_images(images, 40))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "cannot cache the resized images" in warning
 
 
 def test_count_mismatch_between_images_and_labels(tmp_path):
@@ -249,19 +330,27 @@ def test_arrays_equal_torchvision_dataset(real_data, tmp_path, train):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("size", [64, 14], ids=["upscale-64", "downscale-14"])
-def test_resize_matches_torchvision_resize_within_one_grey_level(real_data, size):
+@pytest.mark.parametrize("size", [64, 112, 56, 37, 20, 14], ids=lambda size: f"to-{size}")
+def test_resize_is_bit_exact_to_torchvision_resize_then_totensor(real_data, size):
+    """The book's per-image pipeline, Resize(size) then ToTensor on PIL images: the same floats."""
     transforms = pytest.importorskip("torchvision.transforms")
     from PIL import Image
 
-    images = real_data.train_images[:200]
-    ours = to_float32(resize_images(images, size))
+    # 300 images spread over the training set, and the first 100 of the test set.
+    images = np.concatenate([real_data.train_images[::200], real_data.test_images[:100]])
     pipeline = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
     reference = np.stack([pipeline(Image.fromarray(im, mode="L")).numpy()[0] for im in images])
-    assert ours.shape == reference.shape == (200, size, size)
-    difference = np.abs(ours - reference)
-    assert difference.max() <= 1 / 255 + 1e-6  # the tolerance resize_images documents
-    assert (difference > 0).mean() < 0.25  # off by one grey level only now and then
+    ours = to_float32(resize_images(images, size))
+    assert ours.shape == reference.shape == (400, size, size)
+    assert np.array_equal(ours, reference), f"{np.count_nonzero(ours != reference)} pixels differ"
+
+
+def test_resize_keeps_the_native_size_and_refuses_a_bad_one():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_images(images, 28), images)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="resize must be a positive whole side length"):
+            resize_images(images, bad)
 
 
 def test_check_order_accepts_a_permutation_and_refuses_the_rest():

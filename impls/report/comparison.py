@@ -23,7 +23,7 @@ from typing import Any
 
 from impls.report.runs import Run
 from impls.report.text import number, plural
-from impls.results import Measurement
+from impls.results import SIZE_KINDS, Measurement
 
 SIGNIFICANCE = 0.05  # the U test's p value below which two runs' rounds differ
 # The change a flag needs, by either rule: the medians differ by more than this fraction of
@@ -135,6 +135,8 @@ def _point(row) -> str:
         point += f", {plural(int(row['threads']), 'thread')}"
     elif row["kind"] == "startup":
         point += f", {row['startup']}"
+    elif row["kind"] in SIZE_KINDS:
+        point += f", {int(row['size'])} × {int(row['size'])}"
     return point
 
 

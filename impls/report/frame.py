@@ -18,7 +18,7 @@ from impls.report.comparison import COLUMNS as COMPARISON_COLUMNS
 from impls.report.comparison import compare
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
-from impls.results import Measurement, StartupResult, TrainingResult, median_of
+from impls.results import IMAGE_SIZE, Measurement, StartupResult, TrainingResult, median_of
 
 BASELINE = "d2l-reference"
 MIB = 2**20
@@ -37,6 +37,7 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "device": case.device,
         "threads": getattr(case, "threads", None),
         "batch_size": getattr(case, "batch_size", None),
+        "size": getattr(case, "size", IMAGE_SIZE),
         "median_s": timing.median,
         "q1_s": timing.q1,
         "q3_s": timing.q3,
@@ -94,9 +95,9 @@ def results_frame(
     """Every measurement of every run as one numeric DataFrame (one row per benchmark).
 
     Columns: machine, run, kind, group, name, implementation, device, threads,
-    batch_size, median_s, q1_s, q3_s, iqr_s, iqr_fraction (IQR / median),
-    rounds, spell_rounds (how many of them ran during a spell of the host) and
-    quiet_median_s (the median of the others; both None where not recorded), min_s,
+    batch_size, size (the images' side), median_s, q1_s, q3_s, iqr_s, iqr_fraction
+    (IQR / median), rounds, spell_rounds (how many of them ran during a spell of the host)
+    and quiet_median_s (the median of the others; both None where not recorded), min_s,
     max_s, examples_per_s, first_epoch_s, final_test_accuracy,
     time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, startup, what,
     build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s

@@ -14,6 +14,7 @@ from impls.report.history import history_lines, machine_histories
 from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
+from impls.report.sizes import size_section
 from impls.report.spells import method_lines as spell_method_lines
 from impls.report.spells import spell_lines
 from impls.report.tables import (
@@ -309,6 +310,7 @@ def render(
             + _held_fixed(runs, frame, kind)
         )
         lines += ["", markdown_table(table), ""]
+    lines += size_section(runs, figures, FIGURES_DIR, multi=multi)
 
     settings = settings_table(runs, with_machine=multi)
     if settings is not None:

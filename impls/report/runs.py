@@ -120,13 +120,15 @@ class Run:
     @property
     def limit(self) -> Measurement | None:
         """The read limit (one pass over the float32 training set), if run."""
-        limits = [e for e in self.entries if isinstance(e.case, ReadLimit)]
+        limits = [e for e in self.entries if isinstance(e.case, ReadLimit) and e.kind == "limit"]
         return limits[0] if limits else None
 
     @property
     def compute(self) -> Measurement | None:
         """The compute-floor measurement (one large float32 matrix product), if run."""
-        floors = [e for e in self.entries if isinstance(e.case, ComputeFloor)]
+        floors = [
+            e for e in self.entries if isinstance(e.case, ComputeFloor) and e.kind == "compute"
+        ]
         return floors[0] if floors else None
 
 
