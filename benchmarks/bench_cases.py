@@ -40,12 +40,13 @@ FLOOR_SIZE_FIXTURE = "floor_size"  # the floors at each swept size take theirs f
 class Case:
     """One benchmark: an implementation on a device at a thread count and batch size."""
 
-    kind: str  # "epoch", "batch", "threads" or "size"
+    kind: str  # "epoch", "batch", "threads", "size", "loader" or "loader-only"
     impl: str
     device: str
     threads: int
     batch_size: int
     size: int = IMAGE_SIZE  # the images' side: the input-size sweep's (else the native 28)
+    loader_workers: int | None = None  # the baseline breakdown's (else the implementation's)
 
     @property
     def id(self) -> str:
@@ -54,16 +55,22 @@ class Case:
             "batch": f"-batch{self.batch_size}",
             "threads": f"-threads{self.threads}",
             "size": f"-size{self.size}",
+            "loader": f"-workers{self.loader_workers}",
+            "loader-only": f"-workers{self.loader_workers}-data-only",
         }
         return f"{self.impl}-{self.device}{suffix[self.kind]}"
 
     @property
-    def size_settings(self) -> dict[str, object]:
-        """The config's fields for this case's image size: none at 28, else the size and
-        the learning rate its rule gives (:func:`impls.config.lr_at_size`)."""
-        if self.size == IMAGE_SIZE:
-            return {}
-        return {"resize": self.size, "lr": lr_at_size(TrainConfig.lr, self.size)}
+    def build_settings(self) -> dict[str, object]:
+        """The config's fields this case sets beyond device, threads and batch size: at
+        another image size, the size and the learning rate its rule gives
+        (:func:`impls.config.lr_at_size`); the DataLoader's workers, where given."""
+        settings: dict[str, object] = {}
+        if self.size != IMAGE_SIZE:
+            settings.update(resize=self.size, lr=lr_at_size(TrainConfig.lr, self.size))
+        if self.loader_workers is not None:
+            settings["loader_workers"] = self.loader_workers
+        return settings
 
     @property
     def group(self) -> str:
@@ -107,11 +114,25 @@ def size_cases(settings: Settings) -> list[Case]:
     ]
 
 
+def loader_cases(settings: Settings, kind: str) -> list[Case]:
+    """The baseline broken down: each implementation with a DataLoader of its own, at each
+    number of workers, training (``loader``) or only iterating its batches (``loader-only``)."""
+    return [
+        Case(kind, impl, device, settings.threads, settings.batch_size, loader_workers=workers)
+        for impl in settings.impls
+        if REGISTRY[impl].own_loader
+        for device in settings.devices
+        for workers in settings.loader_workers
+    ]
+
+
 def training_cases(settings: Settings, kind: str) -> list[Case]:
     """The cases of ``kind``: the main run (``epoch``) or a sweep (``batch``, ``threads``,
-    ``size``)."""
+    ``size``, ``loader``, ``loader-only``)."""
     if kind == "size":
         return size_cases(settings)
+    if kind in ("loader", "loader-only"):
+        return loader_cases(settings, kind)
     cases = []
     for impl in settings.impls:
         if kind != "epoch" and impl in SWEEP_EXCLUDED and not settings.sweep_slow:
@@ -157,6 +178,8 @@ TRAINING_FIXTURES = {
     "batch_case": "batch",
     "threads_case": "threads",
     "size_case": "size",
+    "loader_case": "loader",
+    "loader_only_case": "loader-only",
 }
 STARTUP_FIXTURES = {"load_case": "load", "cli_case": "cli", "compile_case": "compile"}
 CASE_FIXTURES = (*TRAINING_FIXTURES, *STARTUP_FIXTURES)
@@ -199,7 +222,7 @@ def run_order(settings: Settings):
     """The sort key of the test items: floors first, then the main run (every implementation
     in one schedule), then each worker's sweep points in a row, start-up last."""
     impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
-    kind_rank = {"epoch": 0, "batch": 1, "threads": 2, "size": 3}
+    kind_rank = {"epoch": 0, "batch": 1, "threads": 2, "size": 3, "loader": 4, "loader-only": 5}
 
     def key(item: pytest.Item) -> tuple:
         case = item_case(item)
@@ -218,6 +241,7 @@ def run_order(settings: Settings):
             kind_rank[case.kind],
             case.batch_size,
             case.size,
+            -1 if case.loader_workers is None else case.loader_workers,
         )
 
     return key

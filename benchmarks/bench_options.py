@@ -17,6 +17,8 @@ from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = 3
+DEFAULT_LOADER_WORKERS = (0, 2, 4)  # the book's is 4 (get_dataloader_workers)
+DEFAULT_LOADER_ROUNDS = 2
 QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 5
 DEFAULT_LIMIT_ROUNDS = 30
@@ -66,6 +68,8 @@ class Settings:
     schedule: str = "round-robin"  # of the main run's timed rounds (bench_schedule.py)
     seeds: tuple[int, ...] = (TrainConfig.seed,)  # the main run trains once per seed
     inject_spells: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each spell
+    loader_workers: tuple[int, ...] = DEFAULT_LOADER_WORKERS
+    loader_rounds: int = DEFAULT_LOADER_ROUNDS
     sizes: tuple[int, ...] = DEFAULT_SIZES
     size_rounds: int = DEFAULT_SIZE_ROUNDS
     size_floor_rounds: int = SIZE_FLOOR_ROUNDS
@@ -75,13 +79,14 @@ class Settings:
         return asdict(self)
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def _int_list(text: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise pytest.UsageError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise pytest.UsageError(f"expected positive integers, got {text!r}")
+    if not values or min(values) < minimum:
+        kind = "positive integers" if minimum == 1 else f"integers of at least {minimum}"
+        raise pytest.UsageError(f"expected {kind}, got {text!r}")
     return values
 
 
@@ -164,6 +169,22 @@ def add_options(parser: pytest.Parser) -> None:
         default="1,2",
         metavar="LIST",
         help="thread counts of the thread sweep (default 1,2)",
+    )
+    add(
+        "--loader-workers",
+        default=",".join(map(str, DEFAULT_LOADER_WORKERS)),
+        metavar="LIST",
+        help="DataLoader workers of the baseline breakdown (default "
+        f"{','.join(map(str, DEFAULT_LOADER_WORKERS))}): d2l-reference's epoch, and its loader "
+        "alone, at each",
+    )
+    add(
+        "--loader-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed rounds per point of the baseline breakdown, after a warm-up "
+        f"(default {DEFAULT_LOADER_ROUNDS})",
     )
     add(
         "--sizes",
@@ -309,6 +330,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
     size_rounds = _given_or(option("size_rounds"), 1 if quick else DEFAULT_SIZE_ROUNDS)
     if size_rounds < 1:
         raise pytest.UsageError(f"--size-rounds must be positive, got {size_rounds}")
+    loader_rounds = _given_or(option("loader_rounds"), 1 if quick else DEFAULT_LOADER_ROUNDS)
+    if loader_rounds < 1:
+        raise pytest.UsageError(f"--loader-rounds must be positive, got {loader_rounds}")
     target = option("target_accuracy")
     if not 0 < target <= 1:
         raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
@@ -338,6 +362,8 @@ def resolve_settings(config: pytest.Config) -> Settings:
         schedule=option("schedule"),
         seeds=tuple(range(option("seed"), option("seed") + seed_count)),
         inject_spells=tuple(_spell(text) for text in option("inject_spell")),
+        loader_workers=_int_list(option("loader_workers"), minimum=0),
+        loader_rounds=loader_rounds,
         sizes=_int_list(option("sizes")),
         size_rounds=size_rounds,
         size_floor_rounds=QUICK_LIMIT_ROUNDS if quick else SIZE_FLOOR_ROUNDS,

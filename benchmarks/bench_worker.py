@@ -243,6 +243,11 @@ class Server:
         with self.tree_memory:
             return {"record": self.runner.train().as_dict()}
 
+    def cmd_load_batches(self) -> dict[str, object]:
+        """Iterate the trainer's own DataLoader for an epoch, no training (d2l-reference)."""
+        with self.tree_memory:
+            return {"examples": self.runner.trainer.load_batches()}
+
     def cmd_evaluate(self) -> dict[str, object]:
         with self.tree_memory:
             return {"record": self.runner.evaluate().as_dict()}

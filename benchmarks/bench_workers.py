@@ -294,7 +294,7 @@ class WorkerPool:
                 "device": case.device,
                 "threads": case.threads,
                 "batch_size": case.batch_size,
-                **case.size_settings,
+                **case.build_settings,
                 **config,
             },
         )

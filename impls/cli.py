@@ -1,7 +1,7 @@
 """``fmbench``: a thin command line over the functions the tests call directly.
 
     fmbench train IMPL [--epochs --lr --batch-size --seed --threads --device --resize
-                        --data-dir --out]
+                        --loader-workers --data-dir --out]
     fmbench list
     fmbench data [--data-dir DIR] [--no-download]
     fmbench report FILES... (see ``impls.report``)
@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on N x N images, resized as torchvision's Resize(N) does (cached once "
         "resized; d2l-reference resizes each image every epoch, as the book does)",
     )
+    train.add_argument(
+        "--loader-workers",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="DataLoader worker processes of an implementation with its own loader "
+        "(d2l-reference; default: the book's 4)",
+    )
     train.add_argument("--data-dir", type=Path, default=None, help="a directory with the 4 files")
     train.add_argument("--out", type=Path, default=None, help="figures and history (runs/IMPL)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -133,6 +141,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         return TrainConfig(
             lr=lr_at_size(TrainConfig.lr, args.resize) if args.lr is None else args.lr,
             resize=args.resize,
+            loader_workers=args.loader_workers,
             batch_size=args.batch_size,
             epochs=args.epochs,
             seed=args.seed,
@@ -213,6 +222,12 @@ def _write_outputs(history, trainer, data, out: Path) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Train, print one line per epoch, write the history and the figures."""
     implementation = registry.get(args.impl)
+    if args.loader_workers is not None and not implementation.own_loader:
+        loaders = [impl.name for impl in registry.REGISTRY.values() if impl.own_loader]
+        raise UsageError(
+            f"--loader-workers: {args.impl} has no DataLoader of its own (it applies to "
+            f"{', '.join(loaders)})"
+        )
     implementation.load()  # fail early, before loading data, if the framework is missing
     config = _train_config(args)
     out = args.out or Path("runs") / args.impl

@@ -58,6 +58,9 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     resize: int | None = None  # the images' side after torchvision's Resize; None: 28, as stored
+    # DataLoader worker processes of an implementation that streams its batches through
+    # one (d2l-reference); None: its own default (the book's 4). Others have no loader.
+    loader_workers: int | None = None
 
     def __post_init__(self) -> None:
         # math.isfinite as well: lr or init_std of inf would run an epoch of NaNs.
@@ -73,6 +76,8 @@ class TrainConfig:
             raise ConfigError(f"threads must be positive, got {self.threads}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ConfigError(f"loader workers must be 0 or more, got {self.loader_workers}")
         if self.resize is not None and (isinstance(self.resize, bool) or self.resize < 1):
             raise ConfigError(f"resize must be a positive side length, got {self.resize}")
 

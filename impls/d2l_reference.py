@@ -115,15 +115,9 @@ def usable_workers(dataset: Dataset, wanted: int) -> tuple[int, str]:
 class D2LReferenceTrainer:
     """The book's training loop behind the protocol; the loaders own data and order."""
 
-    def __init__(
-        self,
-        data: FashionMNIST,
-        params: Params,
-        config: TrainConfig,
-        *,
-        num_workers: int = BOOK_WORKERS,
-    ) -> None:
+    def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
         self._config = config
+        num_workers = BOOK_WORKERS if config.loader_workers is None else config.loader_workers
         self._device = resolve_device(config.device)
         self._threads = apply_threads(config.threads)
         train_set, test_set = load_datasets(data)
@@ -165,6 +159,13 @@ class D2LReferenceTrainer:
             sums.add(losses.detach().sum(), correct, len(labels))
         return EpochStats(*sums.means())
 
+    def load_batches(self) -> int:
+        """Iterate the training loader once, as an epoch does, without training: the input
+        pipeline alone (sampler, per-image transforms, workers, collation). Returns the
+        examples delivered."""
+        apply_threads(self._config.threads)
+        return sum(len(labels) for _, labels in self._train_iter)
+
     def evaluate(self) -> Evaluation:
         apply_threads(self._config.threads)
         self._net.eval()
@@ -189,6 +190,10 @@ class D2LReferenceTrainer:
 
     def runtime_info(self) -> Mapping[str, object]:
         info: dict[str, object] = {
+            "strategy": (
+                "eager, per batch: the book's DataLoader, ToTensor per image in "
+                f"{self._num_workers} worker process(es)"
+            ),
             **runtime_info(self._device, self._threads),
             "torchvision": torchvision.__version__,
             "num_workers": self._num_workers,

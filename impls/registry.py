@@ -47,6 +47,9 @@ class Implementation:
     compile_cache_env: str | None = None
     # The module's function that builds the trainer (a module may hold several strategies).
     factory: str = "make_trainer"
+    # Streams its batches through a DataLoader of its own: TrainConfig.loader_workers
+    # applies, and its trainer has load_batches() (the input pipeline alone).
+    own_loader: bool = False
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -127,6 +130,7 @@ REGISTRY: dict[str, Implementation] = {
             "torch",
             "the book's pipeline: torchvision FashionMNIST + ToTensor + DataLoader (baseline)",
             follows_shared_order=False,
+            own_loader=True,
         ),
     )
 }

@@ -211,7 +211,8 @@ class TrainingResult(Stored):
     ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
     """
 
-    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size")
+    # "loader": the baseline's epoch with another number of DataLoader workers.
+    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size", "loader")
 
     kind: str
     implementation: str
@@ -244,6 +245,7 @@ class TrainingResult(Stored):
     # seed's (``config["seed"]``), and the timed rounds are every seed's, pooled.
     more_seeds: list[SeedRun] | None = None
     size: int = IMAGE_SIZE  # the images' side (the input-size sweep); files before it: 28
+    loader_workers: int | None = None  # DataLoader workers asked for ("loader" kind)
 
     def validate(self, where: str) -> None:
         check_positive(self.size, f"{where}.size")
@@ -386,10 +388,37 @@ class StartupResult(Stored):
     compilation_cache_warm: list[bool | None] | None = None
 
 
-CaseResult = TrainingResult | ReadLimit | ComputeFloor | StartupResult
+@dataclass(frozen=True)
+class LoaderResult(Stored):
+    """An implementation's own DataLoader iterated for an epoch, no training: its input
+    pipeline alone (``load_batches``), with ``loader_workers`` worker processes."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ("loader-only",)
+
+    implementation: str
+    device: str
+    threads: int
+    batch_size: int
+    loader_workers: int
+    num_train: int
+    kind: str = "loader-only"
+    runtime: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        check_positive(self.num_train, f"{where}.num_train")
+        if self.loader_workers < 0:
+            raise ResultError(f"{where}.loader_workers is {self.loader_workers}, negative")
+
+    @property
+    def per_round(self) -> int:
+        """What one timed round processes: the training examples."""
+        return self.num_train
+
+
+CaseResult = TrainingResult | ReadLimit | ComputeFloor | StartupResult | LoaderResult
 RESULT_TYPES: dict[str, type] = {
     kind: cls
-    for cls in (TrainingResult, ReadLimit, ComputeFloor, StartupResult)
+    for cls in (TrainingResult, ReadLimit, ComputeFloor, StartupResult, LoaderResult)
     for kind in cls.KINDS
 }
 KINDS = tuple(RESULT_TYPES)
@@ -406,6 +435,8 @@ GROUPS = {
     "size": "sweep: input size",
     "size-limit": "sweep: input size",
     "size-compute": "compute floor",
+    "loader": "baseline: loader workers",
+    "loader-only": "baseline: loader workers",
 }
 SIZE_KINDS = ("size", "size-limit", "size-compute")  # the input-size sweep and its floors
 
@@ -526,6 +557,7 @@ class Measurement:
             getattr(case, "batch_size", None),
             getattr(case, "startup", None),
             getattr(case, "size", IMAGE_SIZE),
+            getattr(case, "loader_workers", None),
         )
 
     def _rate(self, kind: type, unit: float = 1.0) -> float | None:
@@ -536,7 +568,7 @@ class Measurement:
 
     @property
     def examples_per_second(self) -> float | None:
-        return self._rate(TrainingResult)
+        return self._rate(TrainingResult) or self._rate(LoaderResult)
 
     @property
     def gigabytes_per_second(self) -> float | None:

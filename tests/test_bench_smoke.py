@@ -165,3 +165,26 @@ def test_compile_cache_cold_then_warm(tmp_path: Path, real_data) -> None:
     skipped = [t for t in document["fmbench"]["tests"] if t["outcome"] == "skipped"]
     assert [t["name"] for t in skipped] == ["compile-cold", "compile-warm"]
     assert all(f"device {MISSING_DEVICE!r} not available to jax" in t["reason"] for t in skipped)
+
+
+def test_the_baseline_breakdown_times_the_epoch_and_the_loader_alone(tmp_path, real_data) -> None:
+    """d2l-reference with 0 DataLoader workers: its epoch, and its loader with no training."""
+    pytest.importorskip("torchvision")
+    run_json = tmp_path / "run.json"
+    command = [
+        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
+        "--impl", "d2l-reference", "--quick", "--loader-workers", "0", "-k", "loader",
+        f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    document = json.loads(run_json.read_text())
+    cases = {
+        b["extra_info"]["kind"]: from_extra_info(b["extra_info"]) for b in document["benchmarks"]
+    }
+    assert sorted(cases) == ["loader", "loader-only"]
+    assert cases["loader"].loader_workers == cases["loader-only"].loader_workers == 0
+    assert cases["loader-only"].num_train == real_data.num_train
+    assert cases["loader"].runtime["num_workers"] == 0

@@ -250,7 +250,8 @@ def test_d2l_never_downloads(d2l, tiny_data, monkeypatch):
 
 def d2l_epoch(d2l, data, config, *, num_workers, order=None) -> Params:
     """The d2l reference's parameters after one epoch."""
-    trainer = d2l.D2LReferenceTrainer(data, init_params(config), config, num_workers=num_workers)
+    config = config.replace(loader_workers=num_workers)
+    trainer = d2l.make_trainer(data, init_params(config), config)
     trainer.train_epoch(order if order is not None else np.arange(data.num_train))
     assert trainer.runtime_info()["num_workers"] == num_workers
     return trainer.parameters()
@@ -292,3 +293,15 @@ def test_d2l_uses_the_books_workers_here(d2l, tiny_data):
     info = d2l.make_trainer(tiny_data, init_params(config), config).runtime_info()
     assert info["num_workers"] == d2l.BOOK_WORKERS
     assert "num_workers_note" not in info
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_d2l_loader_alone_delivers_every_example_without_training(d2l, tiny_data, workers):
+    """load_batches is the input pipeline alone: the whole set, with the workers asked for."""
+    config = TrainConfig(threads=1, batch_size=64, loader_workers=workers)
+    trainer = d2l.make_trainer(tiny_data, init_params(config), config)
+    before = trainer.parameters()
+    assert trainer.load_batches() == tiny_data.num_train
+    np.testing.assert_array_equal(trainer.parameters().weights, before.weights)
+    assert trainer.runtime_info()["num_workers"] == workers
+    assert f"in {workers} worker process" in trainer.runtime_info()["strategy"]

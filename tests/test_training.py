@@ -30,6 +30,7 @@ from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, ini
         ("init_std", math.inf),
         ("init_std", math.nan),
         ("init_std", -0.1),
+        ("loader_workers", -1),
     ],
     ids=lambda v: str(v),
 )

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from impls.config import TrainConfig
+from impls.report.baseline import baseline_section
 from impls.report.comparison import comparison_lines
 from impls.report.comparison import method_line as comparison_method_line
 from impls.report.frame import BASELINE, results_frame
@@ -311,6 +312,7 @@ def render(
         )
         lines += ["", markdown_table(table), ""]
     lines += size_section(runs, figures, FIGURES_DIR, multi=multi)
+    lines += baseline_section(runs, multi=multi)
 
     settings = settings_table(runs, with_machine=multi)
     if settings is not None:
