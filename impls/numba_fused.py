@@ -1,8 +1,9 @@
 """Softmax regression in Numba: one compiled, multi-threaded kernel per epoch, kept in cache.
 
 The book's maths, compiled: :func:`forward`, :func:`count_correct`, :func:`cross_entropy`,
-:func:`backward`, :func:`update`, :func:`train_share` (a thread's share of one SGD step) and
-:func:`run_epoch` (a step per batch of ``data.batch_bounds``). Plumbing: numba_support.
+:func:`backward`, :func:`update`, :func:`train_share` (a slot's share of one SGD step),
+:func:`train_step` (a step, as one thread runs it) and :func:`run_epoch` (a step per batch
+of ``data.batch_bounds``). Plumbing: numba_support.
 
 Blocking. Each batch's rows are split into one share per thread (a slot), taken
 :data:`BLOCK` rows at a time. :func:`forward` reads their uint8 pixels where they lie
@@ -12,7 +13,7 @@ a vector of pixels, against W (transposed, in L1); the softmax runs across the b
 rows again from cache and prefetching the next block's into L2.
 
 Threads. One parallel region per epoch: each thread runs its slot's share of a step, marks
-it done and waits, spinning, until every slot has done the step (:func:`finish_step`). The
+it done and waits, spinning, until every slot has done the step (:func:`train_step`). The
 hand-off: each slot keeps its own copy of W and b and, at the next step, adds every slot's
 partial gradient into it, all in one order (the copies stay equal bit for bit). A share
 still unclaimed after :data:`STEAL_AFTER` spins is run by the waiting thread, so a thread
@@ -184,9 +185,12 @@ def train_share(pixels, labels, index, lr, work, slot, step):
 
 
 @kernel
-def finish_step(pixels, labels, index, lr, work, step):
-    """Wait until every slot has done step ``step``. A slot's share still unclaimed after
+def train_step(pixels, labels, index, lr, work, thread, step):
+    """SGD step ``step`` (from 0) on the batch ``pixels[index]`` as thread ``thread`` runs it: its
+    slot's share, then a wait until every slot has done the step. A share still unclaimed after
     :data:`STEAL_AFTER` spins is run here: its thread is late, or not running at all."""
+    if claim(work.progress, thread, step):
+        train_share(pixels, labels, index, lr, work, thread, step)
     for slot in range(len(work.weights)):
         spins = 0
         while numba_support.load_acquire(work.progress, slot, DONE) <= step:
@@ -213,10 +217,7 @@ def run_epoch(pixels, labels, order, bounds, lr, work):
         work.totals[slot, 0] = work.totals[slot, 1] = 0
     for thread in prange(slots):
         for b in range(len(bounds)):
-            batch = order[bounds[b, 0] : bounds[b, 1]]
-            if claim(work.progress, thread, b):
-                train_share(pixels, labels, batch, lr, work, thread, b)
-            finish_step(pixels, labels, batch, lr, work, b)
+            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, thread, b)
     loss, correct = 0.0, 0
     for slot in range(slots):  # the last step, into every copy
         update(work.weights[slot], work.biases[slot], work, len(bounds) - 1)
