@@ -1,16 +1,24 @@
-"""Softmax regression in Numba: one compiled, multi-threaded kernel per batch, kept in cache.
+"""Softmax regression in Numba: one compiled, multi-threaded kernel per epoch, kept in cache.
 
 The book's maths, compiled: :func:`forward`, :func:`count_correct`, :func:`cross_entropy`,
-:func:`backward`, :func:`update`, :func:`train_step` (one SGD step on one batch) and
-:func:`run_epoch` (a step per batch of ``data.batch_bounds``). Plumbing: numba_support.
+:func:`backward`, :func:`update`, :func:`train_share` (a slot's share of one SGD step),
+:func:`train_step` (a step, as one thread runs it) and :func:`run_epoch` (a step per batch
+of ``data.batch_bounds``). Plumbing: numba_support.
 
-Blocking. The threads split each batch's rows, :data:`BLOCK` rows at a time. :func:`forward`
-reads their uint8 pixels where they lie (prefetched) and takes two rows against the ten
-classes at once: twenty accumulators, each a vector of pixels, against W (transposed, in L1);
-the softmax runs across the block's rows; :func:`backward` adds four rows at a time into the
-thread's partial dW (in L1), reading the rows again from cache. The hand-off: each thread
-keeps its own copy of W and b and, at the next step, adds every thread's partial gradient
-into it, all in one order (the copies stay equal bit for bit): no serial update.
+Blocking. Each batch's rows are split into one share per thread (a slot), taken
+:data:`BLOCK` rows at a time. :func:`forward` reads their uint8 pixels where they lie
+(prefetched) and takes two rows against the ten classes at once: twenty accumulators, each
+a vector of pixels, against W (transposed, in L1); the softmax runs across the block's rows;
+:func:`backward` adds four rows at a time into the slot's partial dW (in L1), reading the
+rows again from cache and prefetching the next block's into L2.
+
+Threads. One parallel region per epoch: each thread runs its slot's share of a step, marks
+it done and waits, spinning, until every slot has done the step (:func:`train_step`). The
+hand-off: each slot keeps its own copy of W and b and, at the next step, adds every slot's
+partial gradient into it, all in one order (the copies stay equal bit for bit). A share
+still unclaimed after :data:`STEAL_AFTER` spins is run by the waiting thread, so a thread
+that is late (or that the threading layer never starts) costs time, never a deadlock; the
+bits do not depend on which thread ran a share.
 
 Pixels stay integers 0..255 (exact); the 1/255 multiplies logits and dlogits instead.
 Fast-math: :func:`forward` reassociates sums (``reassoc``: to vectorise them) and fuses
@@ -36,6 +44,8 @@ BLOCK = 64  # rows a thread takes at a time: their 50 KB of pixels stay in its L
 AHEAD = 8  # rows forward prefetches ahead (backward prefetches the next block)
 TO_UNIT = np.float32(1 / 255)  # pixel value 0..255 -> [0, 1]
 DOT, FUSE = {"reassoc", "contract"}, {"contract"}  # forward's fast-math flags; the others'
+STEAL_AFTER = 1 << 16  # spins at the end of a step before a thread runs a missing share itself
+CLAIMED, DONE = 0, 8  # columns of work.progress: steps claimed, steps done, a cache line apart
 kernel = partial(numba.njit, cache=numba_support.CACHE, error_model="numpy")
 row = numba_support.row
 
@@ -47,7 +57,10 @@ def forward(w, bias, pixels, index, rows, logits):
     """Logits ``x @ W + b`` (``w``: W transposed) of the images ``pixels[index[:rows]]``, into
     columns of ``logits``; each accumulator sums a row's products with a class's weights."""
     for i in range(0, rows, 2):
-        u, v = row(pixels, index, i, rows, AHEAD), row(pixels, index, i + 1, rows, AHEAD)
+        u, v = (
+            row(pixels, index, i, rows, AHEAD, True),
+            row(pixels, index, i + 1, rows, AHEAD, True),
+        )
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = np.float32(0)
         b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = np.float32(0)
         for k in range(pixels.shape[1]):
@@ -101,8 +114,14 @@ def backward(pixels, index, dlogits, rows, grads):
     """Add ``x.T @ dlogits`` of the images ``pixels[index[:rows]]`` into ``grads`` (10, 784):
     four rows at a time, in four fused multiply-adds (``g + a * x + ...``: left to right)."""
     for i in range(0, rows, 4):  # prefetching the next block's rows, for forward
-        u, v = row(pixels, index, i, rows, BLOCK), row(pixels, index, i + 1, rows, BLOCK)
-        s, t = row(pixels, index, i + 2, rows, BLOCK), row(pixels, index, i + 3, rows, BLOCK)
+        u, v = (
+            row(pixels, index, i, rows, BLOCK, False),
+            row(pixels, index, i + 1, rows, BLOCK, False),
+        )
+        s, t = (
+            row(pixels, index, i + 2, rows, BLOCK, False),
+            row(pixels, index, i + 3, rows, BLOCK, False),
+        )
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = dlogits[:, i]
         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = dlogits[:, i + 1]
         d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = dlogits[:, i + 2]
@@ -123,7 +142,7 @@ def backward(pixels, index, dlogits, rows, grads):
 
 @kernel(fastmath=FUSE)
 def update(weights_t, bias, work, step):
-    """``W -= lr * dW`` and ``b -= lr * db`` of step ``step``, one thread's part after another."""
+    """``W -= lr * dW`` and ``b -= lr * db`` of step ``step``, one slot's part after another."""
     grads, bias_grads, p = work.grads, work.bias_grads, step % 2
     for t in range(len(grads)):
         for c in range(NUM_CLASSES):
@@ -132,48 +151,77 @@ def update(weights_t, bias, work, step):
                 weights_t[c, k] -= grads[t, p, c, k]
 
 
-@kernel(parallel=True)
-def train_step(pixels, labels, index, lr, work, step):
-    """SGD step ``step`` (from 0) on the batch ``pixels[index]``; its summed loss and correct count.
-    Each thread first applies the last step to its copy of W and b (the hand-off)."""
-    n, threads = len(index), len(work.weights)
-    share = numba_support.share(n, threads)
+@kernel
+def train_share(pixels, labels, index, lr, work, slot, step):
+    """Slot ``slot``'s share of SGD step ``step`` (from 0) on the batch ``pixels[index]``: the
+    hand-off (the last step into the slot's copy of W and b), then its rows' gradient."""
+    n, slots = len(index), len(work.weights)
+    share = numba_support.share(n, slots)
     scale = np.float32(lr) / np.float32(n)  # lr * d(mean loss)/d(logits) = lr * (p - onehot) / n
-    loss, correct = 0.0, 0
-    for t in prange(threads):
-        weights_t, bias, logits = work.weights[t], work.biases[t], work.logits[t]
-        if step > 0:
-            update(weights_t, bias, work, step - 1)
-        grads, bias_grads = work.grads[t, step % 2], work.bias_grads[t, step % 2]
-        grads[:], bias_grads[:] = 0, 0
-        end = min(n, (t + 1) * share)
-        for start in range(t * share, end, BLOCK):
-            block, rows = index[start:end], min(BLOCK, end - start)  # this block: block[:rows]
-            forward(weights_t, bias, pixels, block, rows, logits)
-            correct += count_correct(logits, labels, block, rows)
-            loss += cross_entropy(logits, labels, block, rows, work.stats[t])
+    weights_t, bias, logits = work.weights[slot], work.biases[slot], work.logits[slot]
+    if step > 0:
+        update(weights_t, bias, work, step - 1)
+    grads, bias_grads = work.grads[slot, step % 2], work.bias_grads[slot, step % 2]
+    grads[:], bias_grads[:] = 0, 0
+    loss, correct, end = 0.0, 0, min(n, (slot + 1) * share)
+    for start in range(slot * share, end, BLOCK):
+        block, rows = index[start:end], min(BLOCK, end - start)  # this block: block[:rows]
+        forward(weights_t, bias, pixels, block, rows, logits)
+        correct += count_correct(logits, labels, block, rows)
+        loss += cross_entropy(logits, labels, block, rows, work.stats[slot])
+        for i in range(rows):
+            logits[labels[block[i]], i] -= 1  # softmax - onehot
+        for c in range(NUM_CLASSES):
+            column = np.float32(0)
             for i in range(rows):
-                logits[labels[block[i]], i] -= 1  # softmax - onehot
-            for c in range(NUM_CLASSES):
-                column = np.float32(0)
-                for i in range(rows):
-                    column += logits[c, i]
-                    logits[c, i] *= scale * TO_UNIT  # backward multiplies by pixels 0..255
-                bias_grads[c] += column * scale
-            logits[:, rows : rows + 3] = 0  # padding: backward's rows past the last add nothing
-            backward(pixels, block, logits, rows, grads)
-    return loss, correct
+                column += logits[c, i]
+                logits[c, i] *= scale * TO_UNIT  # backward multiplies by pixels 0..255
+            bias_grads[c] += column * scale
+        logits[:, rows : rows + 3] = 0  # padding: backward's rows past the last add nothing
+        backward(pixels, block, logits, rows, grads)
+    work.totals[slot, 0] += loss
+    work.totals[slot, 1] += correct
+    numba_support.add_release(work.progress, slot, DONE, 1)
 
 
 @kernel
+def train_step(pixels, labels, index, lr, work, thread, step):
+    """SGD step ``step`` (from 0) on the batch ``pixels[index]`` as thread ``thread`` runs it: its
+    slot's share, then a wait until every slot has done the step. A share still unclaimed after
+    :data:`STEAL_AFTER` spins is run here: its thread is late, or not running at all."""
+    if claim(work.progress, thread, step):
+        train_share(pixels, labels, index, lr, work, thread, step)
+    for slot in range(len(work.weights)):
+        spins = 0
+        while numba_support.load_acquire(work.progress, slot, DONE) <= step:
+            spins += 1
+            if spins > STEAL_AFTER and claim(work.progress, slot, step):
+                train_share(pixels, labels, index, lr, work, slot, step)
+
+
+@kernel(inline="always")
+def claim(progress, slot, step):
+    """Whether this thread is the one to run slot ``slot``'s share of step ``step``."""
+    if numba_support.load_acquire(progress, slot, CLAIMED) != step:
+        return False
+    return numba_support.compare_and_swap(progress, slot, CLAIMED, step)
+
+
+@kernel(parallel=True)
 def run_epoch(pixels, labels, order, bounds, lr, work):
-    """:func:`train_step` on each batch ``order[start:stop]`` of ``bounds``, in turn."""
+    """SGD steps on the batches ``order[start:stop]`` of ``bounds``, in turn; the summed loss
+    and correct count. Each thread runs its slot's share of a step, then waits for the others'."""
+    slots = len(work.weights)
+    for slot in range(slots):
+        work.progress[slot, CLAIMED] = work.progress[slot, DONE] = 0
+        work.totals[slot, 0] = work.totals[slot, 1] = 0
+    for thread in prange(slots):
+        for b in range(len(bounds)):
+            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, thread, b)
     loss, correct = 0.0, 0
-    for b in range(len(bounds)):
-        step = train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, b)
-        loss, correct = loss + step[0], correct + step[1]
-    for t in range(len(work.weights)):  # the last step, into every copy
-        update(work.weights[t], work.biases[t], work, len(bounds) - 1)
+    for slot in range(slots):  # the last step, into every copy
+        update(work.weights[slot], work.biases[slot], work, len(bounds) - 1)
+        loss, correct = loss + work.totals[slot, 0], correct + int(work.totals[slot, 1])
     return loss, correct
 
 
@@ -239,7 +287,9 @@ class NumbaTrainer:
     def runtime_info(self) -> Mapping[str, object]:
         fastmath = {"forward": sorted(DOT), "backward, update": sorted(FUSE)}
         threads = numba_support.threads_info(self._threads, self._applied)
-        return {"device": "cpu", "numba": numba.__version__, **threads, "fastmath": fastmath,
+        return {"strategy": "one fused compiled kernel per batch, threads in one region per "
+                "epoch; uint8 rows gathered in cache",
+                "device": "cpu", "numba": numba.__version__, **threads, "fastmath": fastmath,
                 "vector_bits": numba_support.vector_bits(), **self._compiler.info()}  # fmt: skip
 
 

@@ -24,7 +24,9 @@ Threads. ``numba.set_num_threads`` is bounded by ``NUMBA_NUM_THREADS`` (by
 default, the cores) and holds for the calling thread only: the trainer applies
 it before every call. The kernels' buffers are a :class:`Workspace`; their
 helpers :func:`prefetch_row` (LLVM's prefetch, which Numba lacks), :func:`row`,
-:func:`share` and :func:`exp` (a vectorisable ``expf``).
+:func:`share`, :func:`exp` (a vectorisable ``expf``) and the threads' step counters'
+atomic operations (LLVM's, which Numba lacks too): :func:`load_acquire`,
+:func:`add_release` and :func:`compare_and_swap`.
 """
 
 from __future__ import annotations
@@ -160,10 +162,10 @@ def threads_info(threads: int, applied: int) -> dict[str, Any]:
 
 
 class Workspace(NamedTuple):
-    """Each thread's copy of the parameters and its buffers, sized by the block, not the batch.
+    """Each slot's copy of the parameters and its buffers, sized by the block, not the batch.
 
-    Each thread's part of each array fills whole cache lines: no two threads write
-    into one line.
+    A slot is one thread's share of every batch. Each slot's part of each array
+    fills whole cache lines: no two threads write into one line.
     """
 
     weights: np.ndarray  # (threads, 10, 784 padded to whole cache lines): W, transposed
@@ -172,13 +174,21 @@ class Workspace(NamedTuple):
     bias_grads: np.ndarray  # (threads, 2, 16): partial lr * db
     logits: np.ndarray  # (threads, 10, block + 8): the block's logits, softmax, dlogits
     stats: np.ndarray  # (threads, 3, block): per example: largest logit, exp sum, true logit
+    progress: np.ndarray  # (threads, 16) int64: batches claimed [0], done [8]: a line each
+    totals: np.ndarray  # (threads, 8) float64: summed loss, correct count
 
 
 def as_rows(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images as C-contiguous rows of uint8 pixels, and labels as uint8: one byte each, so
-    that the training set's 60 KB of labels stay in cache while the order jumps around."""
-    pixels = np.ascontiguousarray(images, dtype=np.uint8)
-    pixels = pixels.reshape(len(images), pixels_per_image(images))
+    """Images as rows of uint8 pixels, and labels as uint8: one byte each, so that the
+    training set's 60 KB of labels stay in cache while the order jumps around.
+
+    The pixels are always copied: NumPy asks Linux to back a large array it allocates
+    with 2 MB pages (``madvise``), and the kernels read rows at random, each from
+    another 4 KB page; with 2 MB pages their addresses stay in the TLB.
+    """
+    pixels = np.array(images, dtype=np.uint8, order="C").reshape(
+        len(images), pixels_per_image(images)
+    )
     return pixels, np.ascontiguousarray(labels, dtype=np.uint8)
 
 
@@ -197,28 +207,31 @@ def workspace(params: Params, threads: int, block: int) -> Workspace:
         aligned_zeros((threads, 2, 16)),
         aligned_zeros((threads, NUM_CLASSES, block + 8)),
         aligned_zeros((threads, 3, block)),
+        aligned_zeros((threads, 16), np.int64),
+        aligned_zeros((threads, 8), np.float64),
     )
     work.weights[:, :, :inputs] = params.weights.T
     work.biases[:, :NUM_CLASSES] = params.bias
     return work
 
 
-def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 zeros that start on a cache line, ``shape[0]`` parts of whole lines each."""
-    nbytes = int(np.prod(shape)) * 4
+def aligned_zeros(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """Zeros that start on a cache line, ``shape[0]`` parts of whole lines each."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if nbytes // shape[0] % CACHE_LINE:
         raise ValueError(f"{shape}: each part must be a whole number of cache lines")
     raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
     start = -raw.ctypes.data % CACHE_LINE
-    return raw[start : start + nbytes].view(np.float32).reshape(shape)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 # ------------------------------------------------------------- kernel helpers
 
 
 @intrinsic
-def prefetch_row(typingctx, array, index):
-    """Start loading row ``index`` of a 2-D C-contiguous array into the caches, line by line."""
+def prefetch_row(typingctx, array, index, into_l1):
+    """Start loading row ``index`` of a 2-D C-contiguous array into the caches, line by line:
+    into every level, or (``into_l1`` False) into L2 and below only."""
 
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
@@ -233,19 +246,65 @@ def prefetch_row(typingctx, array, index):
         prototype = ir.FunctionType(ir.VoidType(), [base.type, i32, i32, i32])
         prefetch = cgutils.get_or_insert_function(builder.module, prototype, "llvm.prefetch.p0")
         with cgutils.for_range_slice(builder, zero, stop, line) as (offset, _):
-            # a read, to be kept in every cache level, of data
-            builder.call(prefetch, [builder.gep(base, [offset]), i32(0), i32(3), i32(1)])
+            address = builder.gep(base, [offset])
+            with builder.if_else(args[2]) as (into_l1, into_l2):  # a read, of data, kept ...
+                with into_l1:
+                    builder.call(prefetch, [address, i32(0), i32(3), i32(1)])  # ... everywhere
+                with into_l2:
+                    builder.call(prefetch, [address, i32(0), i32(2), i32(1)])  # ... from L2 on
         return context.get_dummy_value()
 
-    return types.void(array, index), codegen
+    return types.void(array, index, types.boolean), codegen
+
+
+def _item_pointer(context, builder, signature, args):
+    """The address of ``array[i, j]`` for an intrinsic's arguments ``(array, i, j, ...)``."""
+    view = context.make_array(signature.args[0])(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, signature.args[0], view, args[1:3])
+
+
+@intrinsic
+def load_acquire(typingctx, array, i, j):
+    """``array[i, j]`` (int64) read atomically: what its writer wrote before it is visible."""
+
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_item_pointer(context, builder, signature, args), "acquire", 8)
+
+    return types.int64(array, i, j), codegen
+
+
+@intrinsic
+def add_release(typingctx, array, i, j, value):
+    """Add ``value`` to ``array[i, j]`` (int64) atomically, after everything written before."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _item_pointer(context, builder, signature, args)
+        value = context.cast(builder, args[3], signature.args[3], types.int64)
+        return builder.atomic_rmw("add", pointer, value, "seq_cst")
+
+    return types.int64(array, i, j, value), codegen
+
+
+@intrinsic
+def compare_and_swap(typingctx, array, i, j, expected):
+    """Whether ``array[i, j]`` (int64) was ``expected`` and is now ``expected + 1``, atomically:
+    of the threads that try, one gets True."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _item_pointer(context, builder, signature, args)
+        old = context.cast(builder, args[3], signature.args[3], types.int64)
+        new = builder.add(old, ir.Constant(old.type, 1))
+        return builder.extract_value(builder.cmpxchg(pointer, old, new, "seq_cst"), 1)
+
+    return types.boolean(array, i, j, expected), codegen
 
 
 @numba.njit(inline="always", error_model="numpy")
-def row(pixels, index, i, rows, ahead):
+def row(pixels, index, i, rows, ahead, into_l1):
     """Row ``index[i]`` of ``pixels`` (past ``rows``, the last one again: padding), prefetching
-    row ``index[i + ahead]`` if ``index`` goes that far."""
+    row ``index[i + ahead]`` (:func:`prefetch_row`) if ``index`` goes that far."""
     if i + ahead < len(index):
-        prefetch_row(pixels, index[i + ahead])
+        prefetch_row(pixels, index[i + ahead], into_l1)
     return pixels[index[min(i, rows - 1)]]
 
 

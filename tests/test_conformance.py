@@ -418,3 +418,10 @@ def test_another_seed_changes_weights_and_order_alike_for_every_implementation(i
     assert_params_close(runs[impl.name, 7], runs[REFERENCE, 7])
     assert_params_close(runs[impl.name, 0], runs[REFERENCE, 0])
     assert not np.allclose(runs[impl.name, 7].weights, runs[impl.name, 0].weights, atol=1e-3)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_runtime_info_names_the_strategy(impl, tiny_data):
+    """The report's strategy column comes from here: one short phrase per implementation."""
+    strategy = build(impl, tiny_data, TrainConfig(threads=1)).runtime_info()["strategy"]
+    assert isinstance(strategy, str) and 10 < len(strategy) < 120

@@ -80,6 +80,50 @@ def test_steps_equal_the_numpy_oracle(tiny_data, threads, sizes):
         assert correct == expected_correct
 
 
+@pytest.mark.timeout(300, method="thread")  # a deadlock ends the run instead of stalling it
+def test_a_slot_whose_thread_never_comes_is_run_by_another_thread(tiny_data):
+    """Two slots on one thread: the thread runs its own share of each step, then, after
+    ``STEAL_AFTER`` spins, the other slot's; the bits are those of two threads."""
+    order = MinibatchOrder(tiny_data.num_train, 0).epoch(0)
+    batches = [order[start : start + 96] for start in range(0, 480, 96)]
+    pixels, labels = numba_support.as_rows(tiny_data.train_images, tiny_data.train_labels)
+    params = init_params(TrainConfig())
+    results = []
+    for threads in (2, 1):
+        work = numba_support.workspace(params, 2, numba_fused.BLOCK)
+        numba_support.apply_threads(threads)  # 1: prange's two iterations run one after the other
+        bounds = np.array([(start, start + 96) for start in range(0, 480, 96)], np.int64)
+        loss, correct = numba_fused.run_epoch(pixels, labels, order, bounds, 0.1, work)
+        np.testing.assert_array_equal(work.progress[:, numba_fused.CLAIMED], [5, 5])
+        np.testing.assert_array_equal(work.progress[:, numba_fused.DONE], [5, 5])
+        np.testing.assert_array_equal(work.weights[1], work.weights[0])
+        results.append((work.weights[0].copy(), work.biases[0].copy(), loss, correct))
+    for two, one in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
+    expected, expected_loss, expected_correct = _oracle_steps(tiny_data, params, batches, 0.1)
+    np.testing.assert_allclose(results[1][0].T, expected.weights, rtol=1e-5, atol=1e-7)
+    assert (results[1][2], results[1][3]) == (
+        pytest.approx(expected_loss, rel=1e-5),
+        expected_correct,
+    )
+
+
+def test_atomic_counters():
+    """The step counters' primitives: one claim of a step succeeds, adds are seen in full."""
+
+    @numba.njit
+    def claims(progress):
+        first = numba_support.compare_and_swap(progress, 1, 0, 4)  # 4 -> 5
+        second = numba_support.compare_and_swap(progress, 1, 0, 4)  # already 5: refused
+        old = numba_support.add_release(progress, 1, 8, 3)
+        return first, second, old, numba_support.load_acquire(progress, 1, 8)
+
+    progress = numba_support.aligned_zeros((2, 16), np.int64)
+    progress[1, 0], progress[1, 8] = 4, 2
+    assert claims(progress) == (True, False, 2, 5)
+    assert progress[1, 0] == 5 and progress[1, 8] == 5 and not progress[0].any()
+
+
 @pytest.mark.parametrize(
     ("batch_size", "num_batches"),
     [(256, 3), (200, 3), (64, 10), (77, 8), (600, 1), (1000, 1)],
