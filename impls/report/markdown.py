@@ -380,8 +380,11 @@ def _uint8_text(runs: Sequence[Run], frame, row) -> str:
     readers = sorted(
         {r["implementation"] for _, r in epochs.iterrows() if "uint8" in str(r["strategy"])}
     )
-    who = f"what {', '.join(readers)} read" if readers else "what an implementation that keeps them"
-    who += "" if readers else " as uint8 reads"
+    who = (
+        f"what {', '.join(readers)} read"
+        if readers
+        else "what an implementation that keeps them as uint8 reads"
+    )
     return (
         f" The same pixels as uint8 are a quarter of the bytes ({number(limit.bytes / 4e6)} MB, "
         f"{who}): about {rounded(250 * row['median_s'], row['iqr_fraction'])} ms at that rate "
