@@ -163,7 +163,7 @@ def test_time_to_result_over_seeds_and_the_seeds_that_missed(tmp_path: Path) -> 
     low, high = sorted(totals)
     expected = f"{number(statistics.median(totals))} ({number(low)}–{number(high)})"
     main = cells(line_of(text, "| numpy ", "numpy strategy, per batch"))
-    assert main[-2] == f"{expected} (2 of 3 seeds)"
+    assert main[-2] == f"{expected}; 2 of 3 seeds"
     row = cells(line_of(text, "| numpy ", "| as run "))
     assert row[6:] == [
         "2 of 3", "5.5 (5–6)",

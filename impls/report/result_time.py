@@ -76,7 +76,7 @@ def time_to_result_text(row) -> str:
         return NOT_RECORDED
     reached, seeds = int(row["reached"]), int(row["seeds"])
     text = _over_seeds(row, "time_to_result_s")
-    return text + (f" ({reached} of {seeds} seeds)" if 0 < reached < seeds else "")
+    return text + (f"; {reached} of {seeds} seeds" if 0 < reached < seeds else "")
 
 
 def time_to_result_table(frame, seeds, *, with_machine: bool, target_text: str):
