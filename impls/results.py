@@ -189,6 +189,20 @@ def final_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
     return evaluated[-1] if evaluated else None
 
 
+def best_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
+    """The highest test accuracy of any evaluated epoch, or None."""
+    evaluated = [r.test_accuracy for r in history if r.test_accuracy is not None]
+    return max(evaluated) if evaluated else None
+
+
+def epochs_to_accuracy(history: Sequence[EpochRecord], target: float) -> int | None:
+    """The epoch (counted from 1) after which test accuracy first reaches ``target``, or None."""
+    for record in history:
+        if record.test_accuracy is not None and record.test_accuracy >= target:
+            return record.epoch
+    return None
+
+
 # -------------------------------------------------------------------- cases
 
 

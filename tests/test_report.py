@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from impls.report import markdown as report_text
 from impls.report import previous as previous_runs
 from impls.report import runs as run_loading
 from impls.report.tables import startup_table
-from impls.report.text import number
+from impls.report.text import number, rounded
 from impls.results import (
     ComputeFloor,
     EpochRecord,
@@ -292,6 +293,7 @@ def earlier_report(tmp_path: Path) -> Path:
     (out / "figures").mkdir(parents=True)
     (out / "README.md").write_text("earlier report\n")
     (out / "figures" / "epoch_time.png").write_bytes(b"earlier figure")
+    (out / "results.csv").write_text("earlier,results\n")
     return out
 
 
@@ -383,7 +385,7 @@ def test_speedup_against_the_cpu_baseline_is_marked(tmp_path: Path) -> None:
     (row,) = [
         line
         for line in text.splitlines()
-        if line.startswith("| torch-nn ") and " cuda " in line and f" {number(0.05)} (" in line
+        if line.startswith("| torch-nn ") and " cuda " in line and " 0.050 (0.0010) " in line
     ]
     assert f"| {number(BASELINE_MEDIAN / 0.05)}× (vs cpu baseline) " in row
     assert text.count("(vs cpu baseline)") == 2  # the cuda row, and the text under the table
@@ -398,8 +400,8 @@ def test_sweeps_state_what_they_held_fixed_as_they_ran(tmp_path: Path) -> None:
         if benchmark["extra_info"]["kind"] == "threads":
             benchmark["extra_info"]["batch_size"] = 128
     text = report.build_report([write(tmp_path / "r.json", document)], tmp_path / "o").read_text()
-    assert "training examples per second. At batch size 128.\n" in text
-    assert "training examples per second. At 2 threads.\n" in text  # the batch sweep's
+    assert "% of the median). At batch size 128.\n" in text
+    assert "% of the median). At 2 threads.\n" in text  # the batch sweep's
     assert "| 1 thread " in text and "| 2 threads " in text  # the thread sweep's columns
 
 
@@ -686,6 +688,11 @@ def test_stored_derived_numbers_are_ignored(tmp_path: Path) -> None:
         assert changed[column].equals(original[column]), column
 
 
+def hypot(spread: float, stats: dict) -> float:
+    """A ratio's relative spread: ``spread`` and the other median's, added in quadrature."""
+    return math.hypot(spread, stats["iqr"] / stats["median"])
+
+
 def test_committed_runs_build_with_their_numbers(tmp_path: Path) -> None:
     """The committed runs build into a report whose main table shows, for every
     implementation of every run, the numbers computed from the JSON."""
@@ -694,28 +701,37 @@ def test_committed_runs_build_with_their_numbers(tmp_path: Path) -> None:
     assert len(list((tmp_path / "ref" / "figures").glob("*.png"))) == 4
     for path in REFERENCE_RUNS:
         document = json.loads(path.read_text())
-        limit = find(document, "limit")["stats"]["median"]
+        limit = find(document, "limit")["stats"]
         epochs = [b for b in document["benchmarks"] if b["extra_info"]["kind"] == "epoch"]
-        baseline = find(document, "epoch", "d2l-reference")["stats"]["median"]
+        baseline = find(document, "epoch", "d2l-reference")["stats"]
         for benchmark in epochs:
             stats, numbers = benchmark["stats"], expected(benchmark)
-            cell = f"{number(stats['median'])} ({number(stats['iqr'], 2)})"
+            spread = stats["iqr"] / stats["median"]
+            cell = f"{rounded(stats['median'], spread)} ({number(stats['iqr'], 2)})"
             impl = benchmark["extra_info"]["implementation"]
             (line,) = [row for row in text.splitlines() if f"| {impl} " in row and cell in row]
             for value in (
-                f"{numbers['examples_per_s']:,.0f}",
-                f"{number(baseline / stats['median'])}×",
-                f"{number(stats['median'] / limit)}×",
+                rounded(numbers["examples_per_s"], spread, grouped=True),
+                f"{rounded(baseline['median'] / stats['median'], hypot(spread, baseline))}×",
+                f"{rounded(stats['median'] / limit['median'], hypot(spread, limit))}×",
                 number(numbers["first_epoch_s"]),
-                f"{numbers['final_test_accuracy']:.4f}",
-                number(numbers["time_to_accuracy_s"])
-                if numbers["time_to_accuracy_s"] is not None
-                else "not reached",
+                f"{numbers['final_test_accuracy']:.4f}",  # one seed: no sd
+                "not recorded",  # schema 1: no start-up, so no time to result
                 number(benchmark["extra_info"]["peak_rss_bytes"] / 2**20),
             ):
                 assert f" {value} " in line, (path.name, impl, value)
+            # The parts it did record are in the time-to-result table: import, build, training.
+            info = benchmark["extra_info"]
+            (parts,) = [row for row in text.splitlines() if f"| {impl} " in row
+                        and "| as run " in row and f"| {number(info['build_seconds'])} " in row
+                        and f"| {number(info['import_seconds'])} " in row]  # fmt: skip
+            tta = numbers["time_to_accuracy_s"]
+            assert f"| {number(tta) if tta is not None else 'not reached'} " in parts
+            assert parts.count("| not recorded ") == 2  # the start, and so the total
         gigabytes = expected(find(document, "limit"))["gigabytes_per_s"]
-        assert f"{number(1000 * limit)} ms ({number(gigabytes)} GB/s" in text
+        spread = limit["iqr"] / limit["median"]
+        read = f"{rounded(1000 * limit['median'], spread)} ms ({rounded(gigabytes, spread)} GB/s"
+        assert read in text
         floor = expected(find(document, "compute"))["floor_s"]
         assert f"take {number(1000 * floor)} ms" in text
 

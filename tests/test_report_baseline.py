@@ -56,3 +56,16 @@ def test_the_breakdown_sets_the_loader_alone_against_the_epoch(tmp_path: Path) -
 def test_runs_without_the_breakdown_have_no_section(tmp_path: Path) -> None:
     run = load_run(write(tmp_path / "run.json", make_run()))
     assert baseline_section([run], multi=False) == []
+
+
+def test_the_baselines_memory_counts_its_workers(tmp_path: Path) -> None:
+    document = make_run(skipped=False)
+    for entry in document["benchmarks"]:
+        if entry["extra_info"]["kind"] == "epoch":
+            workers = entry["extra_info"]["implementation"] == "d2l-reference"
+            entry["extra_info"]["peak_tree_pss_bytes"] = 700 * 2**20 if workers else None
+    text = report.build_report([write(tmp_path / "run.json", document)], tmp_path / "out")
+    rows = text.read_text().splitlines()
+    (d2l,) = [row for row in rows if row.startswith("| d2l-reference") and "with workers" in row]
+    assert "300 (700 with workers)" in d2l
+    assert not any(row.startswith("| numpy") and "with workers" in row for row in rows)

@@ -9,6 +9,7 @@ standard library and scipy, apart from the code under test.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from test_report import BASELINE_MEDIAN, REFERENCE_RUNS, find, make_run, row_of,
 from impls import report
 from impls.report import comparison as comparing
 from impls.report import history as histories
-from impls.report.text import number, present
+from impls.report.text import number, present, rounded
 
 # ------------------------------------------------------------------ helpers
 
@@ -208,12 +209,18 @@ def test_spell_rounds_and_the_ratios_without_them(tmp_path: Path) -> None:
     text = report.build_report([path], tmp_path / "out").read_text()
     (line,) = [row for row in text.splitlines() if row.startswith("| numpy ") and " of 9 " in row]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
+    # Rounded to what the spread allows: numpy's IQR / median, and a ratio's both in quadrature.
+    spreads = [find(document, "epoch", impl)["stats"] for impl in ("numpy", "d2l-reference")]
+    numpy_spread, ratio_spread = (
+        spreads[0]["iqr"] / spreads[0]["median"],
+        math.hypot(*(s["iqr"] / s["median"] for s in spreads)),
+    )
     assert cells[2:] == [
         "2 of 9",
-        number(statistics.median(numpy_rounds)),
-        number(numpy_quiet),
-        f"{number(speedup)}×",
-        f"{number(baseline_quiet / numpy_quiet)}×",
+        rounded(statistics.median(numpy_rounds), numpy_spread),
+        rounded(numpy_quiet, numpy_spread),
+        f"{rounded(speedup, ratio_spread)}×",
+        f"{rounded(baseline_quiet / numpy_quiet, ratio_spread)}×",
     ]
     assert "2 CPU-burning processes for 4 s from 6 s after the first timed epoch began" in text
     quiet = "the run's quiet canary (their lower quartile, 10.0 ms): 2 of 10 canaries did"

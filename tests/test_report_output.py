@@ -127,7 +127,13 @@ def _failing(real, failing: str, times: int = 1):
 
 @pytest.mark.parametrize(
     ("function", "failing"),
-    [("replace", "README.md"), ("rename", "figures"), ("rename", "old-figures")],
+    [
+        ("replace", "README.md"),
+        ("rename", "figures"),
+        ("rename", "old-figures"),
+        ("rename", "results.csv"),
+        ("rename", "old-results.csv"),
+    ],
 )
 def test_a_failed_move_leaves_the_earlier_report(
     tmp_path: Path, run_file: Path, capsys, monkeypatch, function: str, failing: str

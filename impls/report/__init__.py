@@ -9,6 +9,7 @@ The report is Markdown (tables by pandas' ``to_markdown``) plus PNG figures
 
     OUT/README.md
     OUT/figures/epoch_time.png, accuracy_by_epoch.png, accuracy_by_time.png, predictions.png
+    OUT/results.csv   one tidy row per implementation, device, sweep point and seed
 
 It is written atomically, after ``OUT`` and every input are checked (:mod:`.build`): a
 bad input or ``OUT`` is one line naming the file and the problem, and two builds into one
@@ -25,7 +26,9 @@ from it) is :mod:`impls.results`, and :mod:`impls.run_info` for the run-level se
 comparisons between measurements), :mod:`.comparison` (the rules that flag a change
 from the previous run: a U test on the rounds, else the IQR rule), :mod:`.spells`
 (the schedule, the canary and the rounds in a spell), :mod:`.history` (each machine's
-runs over time), :mod:`.text` (number formatting, Markdown tables), :mod:`.tables`,
+runs over time), :mod:`.seeds` (every seed's numbers as one tidy frame; accuracy over
+seeds), :mod:`.result_time` (time to result from a fresh process), :mod:`.tidy`
+(``results.csv``), :mod:`.text` (number formatting, Markdown tables), :mod:`.tables`,
 :mod:`.plots`, :mod:`.markdown` (the text), :mod:`.build` (:func:`build_report`) and :mod:`.cli`
 (:func:`main`).
 """

@@ -7,8 +7,9 @@ beside ``OUT`` and moved in at the end: a bad input (malformed, empty or partial
 or a folder that turns out unwritable, gives a :class:`ReportError` naming the file and
 the problem, and leaves ``OUT`` as it was.
 
-The move (:func:`_swap`) renames the staged ``figures/`` over ``OUT/figures`` and then
-the staged ``README.md`` over ``OUT/README.md``, undoing the first if the second fails.
+The move (:func:`_swap`) renames the staged ``figures/`` over ``OUT/figures``, the staged
+``results.csv`` (:mod:`.tidy`) over ``OUT/results.csv`` and then the staged ``README.md``
+over ``OUT/README.md``, undoing the earlier renames if a later one fails.
 It holds an exclusive ``flock`` on the ``OUT`` directory meanwhile, so when two builds
 write to one ``OUT`` (two reports at once, from two runs) their moves never interleave:
 the last one in leaves its README with its own figures. Other files in ``OUT`` (the
@@ -24,11 +25,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from impls.report.markdown import FIGURES_DIR, render
+from impls.report.markdown import FIGURES_DIR, RESULTS_CSV, render
 from impls.report.runs import ReportError, Run, label_runs, load_run
+from impls.report.tidy import write_results_csv
 
 REPORT_NAME = "README.md"  # so a report folder renders when browsed
 OLD_FIGURES = "old-figures"  # in the staging directory: the figures replaced
+OLD_RESULTS = "old-results.csv"  # in the staging directory: the results table replaced
 
 # A run already loaded (the command line loads each file once and passes it on), or a file.
 RunSource = Run | str | os.PathLike[str]
@@ -70,7 +73,8 @@ def build_report(
     previous: RunSource | Sequence[RunSource] | None = None,
     history: Sequence[RunSource] | None = None,
 ) -> Path:
-    """Build ``out_dir/README.md`` and ``out_dir/figures/`` from benchmark runs.
+    """Build ``out_dir/README.md``, ``out_dir/figures/`` and ``out_dir/results.csv`` from
+    benchmark runs.
 
     ``runs`` and ``previous`` are :class:`Run` objects or JSON files (loaded
     here); ``previous``: run(s) to compare with (matched by machine), or None;
@@ -114,14 +118,15 @@ def _write(
     try:
         text = render(current, staging / FIGURES_DIR, previous, history)
         (staging / FIGURES_DIR).mkdir(exist_ok=True)
+        write_results_csv(current, staging / RESULTS_CSV)
         (staging / REPORT_NAME).write_text(text, encoding="utf-8")
         out_dir.mkdir(exist_ok=True)
         with _exclusive(out_dir):
             _swap(staging, out_dir)
         swapped = True
         return out_dir / REPORT_NAME
-    finally:  # kept only if it holds the earlier figures, which could not be put back
-        if swapped or not (staging / OLD_FIGURES).exists():
+    finally:  # kept only if it holds the earlier files, which could not be put back
+        if swapped or not any((staging / name).exists() for name in (OLD_FIGURES, OLD_RESULTS)):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -146,8 +151,8 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 
 def _swap(staging: Path, out_dir: Path) -> None:
-    """Move the staged figures, then the staged Markdown, into ``out_dir`` (one rename
-    each); on a failure, put back what was moved and raise."""
+    """Move the staged figures, the staged results table, then the staged Markdown, into
+    ``out_dir`` (one rename each); on a failure, put back what was moved and raise."""
     figures, staged_figures, old_figures = (
         out_dir / FIGURES_DIR, staging / FIGURES_DIR, staging / OLD_FIGURES
     )  # fmt: skip
@@ -158,6 +163,12 @@ def _swap(staging: Path, out_dir: Path) -> None:
             done.append((figures, old_figures))
         os.rename(staged_figures, figures)
         done.append((staged_figures, figures))
+        csv, old_csv = out_dir / RESULTS_CSV, staging / OLD_RESULTS
+        if csv.exists() or csv.is_symlink():
+            os.rename(csv, old_csv)
+            done.append((csv, old_csv))
+        os.rename(staging / RESULTS_CSV, csv)
+        done.append((staging / RESULTS_CSV, csv))
         os.replace(staging / REPORT_NAME, out_dir / REPORT_NAME)
     except OSError as error:
         undone = True
@@ -166,9 +177,10 @@ def _swap(staging: Path, out_dir: Path) -> None:
                 os.rename(target, source)
             except OSError:
                 undone = False
-        if not undone and old_figures.exists():
-            raise ReportError(
-                f"{out_dir}: the report cannot be written: {_why(error)}; the earlier "
-                f"figures could not be put back either: they are in {old_figures}"
-            ) from None
+        for kept, what in ((old_figures, "figures"), (staging / OLD_RESULTS, RESULTS_CSV)):
+            if not undone and kept.exists():
+                raise ReportError(
+                    f"{out_dir}: the report cannot be written: {_why(error)}; the earlier "
+                    f"{what} could not be put back either: they are in {kept}"
+                ) from None
         raise

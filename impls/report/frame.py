@@ -11,6 +11,7 @@ pandas is imported inside :func:`results_frame`, not at import time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from impls.report.comparison import COLUMNS as COMPARISON_COLUMNS
 from impls.report.comparison import compare
 from impls.report.previous import pair_previous
 from impls.report.runs import Run
+from impls.report.seeds import seed_frame, seed_summary
 from impls.results import IMAGE_SIZE, Measurement, StartupResult, TrainingResult, median_of
 
 BASELINE = "d2l-reference"
@@ -54,11 +56,15 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "time_to_accuracy_s": None,
         "peak_rss_mib": None,
         "peak_rss_children_mib": None,
+        "peak_tree_pss_mib": None,
         "speedup_vs_baseline": None,
         "quiet_speedup_vs_baseline": None,
         "speedup_baseline_device": None,
+        "speedup_spread": None,
         "limit_multiple": None,
+        "limit_spread": None,
         "startup": None,
+        "strategy": None,
         "what": getattr(case, "what", None),
         "build_s": None,
         "compile_s": None,
@@ -75,7 +81,9 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
             time_to_accuracy_s=case.time_to_accuracy_seconds,
             peak_rss_mib=_mib(case.peak_rss_bytes),
             peak_rss_children_mib=_mib(case.peak_rss_children_bytes),
+            peak_tree_pss_mib=_mib(case.peak_tree_pss_bytes),
             build_s=case.build_seconds,
+            strategy=case.runtime.get("strategy"),
         )
     elif isinstance(case, StartupResult):
         row.update(
@@ -99,7 +107,7 @@ def results_frame(
     (IQR / median), rounds, spell_rounds (how many of them ran during a spell of the host)
     and quiet_median_s (the median of the others; both None where not recorded), min_s,
     max_s, examples_per_s, first_epoch_s, final_test_accuracy,
-    time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, startup, what,
+    time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, peak_tree_pss_mib, startup, what,
     build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s
     and floor_s (the compute row: its rate, and an epoch's products at that
     rate); then the comparisons: speedup_vs_baseline (epoch rows: the
@@ -109,11 +117,13 @@ def results_frame(
     quiet medians), limit_multiple (epoch
     and limit rows: median / the limit's median), floor_multiple (epoch rows:
     median / floor_s), floor_limit_multiple (the compute row: floor_s / the
-    limit's median) and, when a previous run matches, previous_median_s,
+    limit's median), speedup_spread and limit_spread (the relative spread of
+    those two ratios, :func:`_spread`) and, when a previous run matches, previous_median_s,
     compared_median_s, delta_s, delta_pct, p_value, noise_s, rule, verdict
     (:func:`impls.report.comparison.compare`). Start-up rows give
     the median over their rounds of ``first_epoch_s``, ``build_s`` and
-    ``compile_s`` where they have them. ``pairs``: :func:`pair_previous` of
+    ``compile_s`` where they have them, and training rows their seeds' accuracy and time to
+    result (:func:`impls.report.seeds.seed_summary`). ``pairs``: :func:`pair_previous` of
     ``runs`` and ``previous``, when the caller has it already.
     """
     import pandas as pd
@@ -127,6 +137,7 @@ def results_frame(
         of_baseline = [e for e in run.of_kind("epoch") if e.implementation == BASELINE]
         baselines = {e.case.device: e.median for e in of_baseline}
         quiet_baselines = {e.case.device: e.quiet_median for e in of_baseline}
+        spreads = {e.case.device: e for e in of_baseline}
         previous_entries = {}
         if index in pairs:
             previous_entries = {e.key(): e for e in pairs[index][0].entries}
@@ -136,6 +147,7 @@ def results_frame(
                 device = entry.case.device if entry.case.device in baselines else "cpu"
                 if device in baselines:  # else no baseline on this machine
                     row["speedup_vs_baseline"] = baselines[device] / entry.median
+                    row["speedup_spread"] = _spread(entry, spreads[device])
                     row["speedup_baseline_device"] = device
                     quiet = (quiet_baselines[device], entry.quiet_median)
                     if None not in quiet:
@@ -144,6 +156,7 @@ def results_frame(
                     row["floor_multiple"] = entry.median / floor
             if entry.kind in ("epoch", "limit") and limit is not None:
                 row["limit_multiple"] = entry.median / limit.median
+                row["limit_spread"] = _spread(entry, limit)
             if entry.kind == "compute" and limit is not None:
                 row["floor_limit_multiple"] = row["floor_s"] / limit.median
             before = previous_entries.get(entry.key())
@@ -154,7 +167,13 @@ def results_frame(
     for column in COMPARISON_COLUMNS:
         if column not in frame:
             frame[column] = None
-    return frame
+    return frame.merge(seed_summary(seed_frame(runs)), on=["run", "name"], how="left")
+
+
+def _spread(one: Measurement, other: Measurement) -> float:
+    """The relative spread of one median over another: their IQR / median, added in
+    quadrature (what a ratio's digits are rounded to)."""
+    return math.hypot(*(m.timing.iqr / m.timing.median for m in (one, other)))
 
 
 def _mib(value: int | None) -> float | None:

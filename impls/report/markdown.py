@@ -12,9 +12,17 @@ from impls.report.comparison import comparison_lines
 from impls.report.comparison import method_line as comparison_method_line
 from impls.report.frame import BASELINE, results_frame
 from impls.report.history import history_lines, machine_histories
-from impls.report.plots import plot_accuracy, plot_epoch_times, predictions_figure
+from impls.report.plots import (
+    from_fresh_process,
+    plot_accuracy,
+    plot_epoch_times,
+    predictions_figure,
+)
 from impls.report.previous import pair_previous
+from impls.report.result_time import method_line as result_time_method_line
+from impls.report.result_time import time_to_result_lines
 from impls.report.runs import Run
+from impls.report.seeds import seed_frame, seed_lines, training_settings
 from impls.report.sizes import size_section
 from impls.report.spells import method_lines as spell_method_lines
 from impls.report.spells import spell_lines
@@ -28,10 +36,11 @@ from impls.report.tables import (
     startup_table,
     sweep_table,
 )
-from impls.report.text import markdown_table, number, plural, present
+from impls.report.text import markdown_table, number, plural, present, rounded
 from impls.run_info import RegistryEntry
 
 FIGURES_DIR = "figures"
+RESULTS_CSV = "results.csv"  # written beside the report by .build
 BUSY_OTHER_CPUS = 0.2  # other processes' average CPU use above this: the run was not alone
 MIN_ROUNDS = 5
 
@@ -46,11 +55,13 @@ def _run_line(run: Run) -> str:
         f"commit `{run.commit}`",
         f"machine **{run.label}**",
     ]
+    per = " and seed" if len(settings.seeds or ()) > 1 else ""
     if epochs:
-        parts.append(f"{epochs} epochs per implementation (1 warm-up + {epochs - 1} timed)")
+        parts.append(f"{epochs} epochs per implementation{per} (1 warm-up + {epochs - 1} timed)")
     if settings.threads:
         parts.append(f"{settings.threads} threads")
-    return "- " + ", ".join(parts)
+    training = training_settings(run)
+    return "- " + ", ".join(parts) + (f"; training: {training}" if training else "")
 
 
 def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str]]:
@@ -108,11 +119,14 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
     few = rounds[rounds < MIN_ROUNDS]
     lines.append(
         "- **Timing.** Each implementation trains in its own worker process, started fresh. "
-        f"Of its {epochs or '?'} epochs the first is warm-up (framework start-up, lazy "
-        "initialisation, compilation: reported as *first epoch*) and the other "
+        f"Of its {epochs or '?'} epochs (per seed) the first is warm-up (lazy "
+        "initialisation, and compilation where a framework compiles on first call: reported "
+        "as *first epoch*; JAX compiles ahead of time, while the trainer is built, which "
+        "*Time to result* counts) and the other "
         f"{timed} are the timed rounds (pytest-benchmark pedantic mode, one epoch per round, "
         "timed from the pytest process: the request to the worker adds well under a "
-        "millisecond). The test set is evaluated between rounds, outside the timing. *Epoch* "
+        "millisecond); with several seeds every seed's timed rounds are pooled. The test "
+        "set is evaluated between rounds, outside the timing. *Epoch* "
         "is the median round, *IQR* the interquartile range of the rounds; *examples/s* = "
         "training examples / median."
         + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
@@ -123,8 +137,11 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "- **The limit** is one read of the float32 training set (60000 × 784 × 4 B = 188 MB): "
         "`np.sum` over it, one contiguous block of rows per thread, nothing written, with the "
         "same thread count as the implementations. Every epoch must read every training pixel "
-        "at least once, so *× limit* says how far an implementation is from that floor (one "
-        "that kept the data as uint8 could in principle go below it)."
+        "at least once, so *× limit* says how far an implementation is from that floor. An "
+        "implementation that keeps the pixels as uint8 (its strategy says so) reads a quarter "
+        "of those bytes, 47 MB: for it the float32 read is not a floor, and the sentence "
+        "under the main table gives the uint8 read, derived from the same rate (not "
+        "measured)."
     )
     if any(run.compute is not None for run in runs):
         lines.append(
@@ -135,17 +152,20 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
             "products are small and skinny (256 × 784 by 784 × 10), which run far below that "
             "rate, so an epoch takes several times the floor even with nothing else in it."
         )
+    target = settings.target_accuracy
     lines.append(
-        "- **Time to accuracy**: cumulative training wall time, first epoch included and "
-        "evaluation excluded, until the test accuracy measured after an epoch first reaches "
-        f"the target; *not reached* within the {epochs or '?'} epochs otherwise."
+        result_time_method_line(f"{target:g}" if target is not None else "target")
+        + f" *Not reached*: not within the {epochs or '?'} epochs."
     )
     lines.append(
         "- **Memory**: peak resident set size (`VmHWM` on Linux, else `ru_maxrss`) of the "
         "implementation's own "
         "worker process, which runs nothing else: Python, the framework, the uint8 dataset "
-        "(55 MB) and the implementation's copies of it. Child processes (DataLoader workers, "
-        "forked from the worker and sharing most of its pages) are not added."
+        "(55 MB) and the implementation's copies of it. For an implementation that starts "
+        "processes of its own (d2l-reference's DataLoader workers, forked from the worker and "
+        "sharing most of its pages), *with workers* is the peak of the worker's and its "
+        "children's proportional set sizes summed (each shared page counted once), sampled "
+        "every 0.1 s during epochs; files before it do not have it."
     )
     lines.append(
         f"- **Threads**: every framework was asked for {settings.threads or '?'} threads "
@@ -180,7 +200,10 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         sweep_rounds = settings.sweep_rounds or "?"
         lines.append(
             f"- **Sweep points**: one warm-up epoch, then {sweep_rounds} timed round(s), no "
-            "evaluation in between. Each thread count runs in a fresh worker process, so "
+            "evaluation in between; *acc* is the test accuracy after the last of them (the "
+            "run's first seed). The learning rate is the same at every batch size, so a larger "
+            "batch takes fewer steps per epoch and reaches less in the same epochs. Each "
+            "thread count runs in a fresh worker process, so "
             "settings a framework fixes at start-up (XLA's thread pools) are honoured."
         )
         excluded = first.fmbench.sweep_excluded or {}
@@ -201,8 +224,11 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         frame["kind"].isin(["epoch", "limit"]) & (frame["iqr_fraction"] > NOISY_IQR_FRACTION)
     ]
     noise_line = (
-        f"- **Noise**: rows whose IQR exceeds {int(100 * NOISY_IQR_FRACTION)} % of the median "
-        "are marked *noisy* in the Noise table"
+        f"- **Noise**: medians whose IQR exceeds {int(100 * NOISY_IQR_FRACTION)} % of the "
+        "median are marked *noisy* in every table that gives one (main, sweeps, start-up) and "
+        "in the Noise table; a median, rate or ratio is rounded to the place of its IQR's "
+        "leading digit (a ratio's: both IQRs added in quadrature), 2 significant digits at "
+        "least and 3 at most"
     )
     if len(noisy):
         noise_line += f" (here: {', '.join(sorted(set(noisy['implementation'])))})"
@@ -240,7 +266,13 @@ def render(
         f"{plural(len(runs), 'run')}:"
     )
     lines += [_run_line(run) for run in runs]
-    lines.append("")
+    lines += [
+        "",
+        f"Every number per implementation, device, sweep point and seed: [`{RESULTS_CSV}`]"
+        f"({RESULTS_CSV}) (one row each; the timing columns are the case's, its seeds' "
+        "rounds pooled).",
+        "",
+    ]
 
     lines += ["## Epoch time and accuracy", ""]
     if frame[frame["kind"] == "epoch"].empty:
@@ -254,16 +286,27 @@ def render(
             lines.append(
                 f"{'- ' if multi else ''}Limit{f' ({row.machine})' if multi else ''}: "
                 "reading the float32 training set "
-                f"once takes {number(1000 * row['median_s'])} ms "
-                f"({number(row['gigabytes_per_s'])} GB/s, {plural(threads, 'thread')})."
+                f"once takes {rounded(1000 * row['median_s'], row['iqr_fraction'])} ms "
+                f"({rounded(row['gigabytes_per_s'], row['iqr_fraction'])} GB/s, "
+                f"{plural(threads, 'thread')})." + _uint8_text(runs, frame, row)
             )
         lines += _floor_lines(runs, frame, multi)
         lines.append("")
         lines.append(
-            "Epoch: median seconds per training epoch (IQR in brackets). Speed-up: "
+            "Epoch: median seconds per training epoch (IQR in brackets; *noisy* where the IQR "
+            f"is over {int(100 * NOISY_IQR_FRACTION)} % of the median), every seed's timed "
+            "rounds pooled. Strategy: what the implementation runs per epoch, in its own words "
+            "(its `runtime_info`). Speed-up: "
             f"{BASELINE}'s median / this median, same machine and device"
             + _other_device_text(frame)
-            + ". × limit: this median / the time to read the float32 training set once."
+            + ". × limit: this median / the time to read the float32 training set once (for "
+            "an implementation that reads uint8, a quarter of those bytes: see above). "
+            "Medians, rates and ratios are rounded to the digits their IQR leaves meaningful "
+            "(2 or 3). Test accuracy: after the last epoch, mean ± sd over the seeds. "
+            f"Time to {number(target, 2) if target is not None else 'target'}: from starting "
+            "a fresh process (start-up, import, build and compile included) to the epoch that "
+            "first reaches the target, evaluation excluded; the median over the seeds (see "
+            "*Time to result*)."
         )
         lines.append("")
 
@@ -280,6 +323,16 @@ def render(
         previous_lines.append(comparison_method_line(frame["rule"].dropna()))
     elif previous:
         lines += ["*No previous run of the same machine to compare with.*", ""]
+    else:
+        lines += [
+            "*No previous run on this machine was found or given (`--previous none`, or a first "
+            "run here): nothing is compared, so no change is flagged.*",
+            "",
+        ]
+
+    seeds = seed_frame(runs)
+    lines += time_to_result_lines(frame, seeds, multi=multi, target=target)
+    lines += seed_lines(runs, frame, seeds, target)
 
     startup = startup_table(frame, with_machine=multi, with_delta=with_delta)
     if startup is not None:
@@ -307,8 +360,9 @@ def render(
             continue
         lines += [f"## {title}", ""]
         lines.append(
-            "Median seconds per epoch (IQR in brackets) · training examples per second. "
-            + _held_fixed(runs, frame, kind)
+            "Median seconds per epoch (IQR in brackets) · training examples per second · "
+            "*acc*: test accuracy after the point's last epoch (*noisy* where the IQR is over "
+            f"{int(100 * NOISY_IQR_FRACTION)} % of the median). " + _held_fixed(runs, frame, kind)
         )
         lines += ["", markdown_table(table), ""]
     lines += size_section(runs, figures, FIGURES_DIR, multi=multi)
@@ -323,6 +377,26 @@ def render(
     lines += _notes(runs, frame, previous_lines)
     lines.append("")
     return "\n".join(lines)
+
+
+def _uint8_text(runs: Sequence[Run], frame, row) -> str:
+    """The read floor of uint8 pixels, derived from the float32 read ``row`` (a quarter of its
+    bytes at its rate), and who reads uint8 (their strategy says so)."""
+    limit = runs[int(row["run"])].limit.case
+    epochs = frame[(frame["kind"] == "epoch") & (frame["run"] == row["run"])]
+    readers = sorted(
+        {r["implementation"] for _, r in epochs.iterrows() if "uint8" in str(r["strategy"])}
+    )
+    who = (
+        f"what {', '.join(readers)} read"
+        if readers
+        else "what an implementation that keeps them as uint8 reads"
+    )
+    return (
+        f" The same pixels as uint8 are a quarter of the bytes ({number(limit.bytes / 4e6)} MB, "
+        f"{who}): about {rounded(250 * row['median_s'], row['iqr_fraction'])} ms at that rate "
+        "(derived from the float32 read, not measured)."
+    )
 
 
 def _other_device_text(frame) -> str:
@@ -392,6 +466,16 @@ def _figures(runs: Sequence[Run], frame, figures: Path, *, multi: bool, target) 
         lines += [
             f"![Test accuracy per epoch]({rel}/accuracy_by_epoch.png)",
             f"![Test accuracy against training time]({rel}/accuracy_by_time.png)",
+            "",
+            "Both figures draw each implementation's first seed. "
+            + (
+                "The time axis is the time to result's: each curve starts when its trainer "
+                "was built in a fresh process (start-up, import, build) and adds the training "
+                "epochs, evaluation excluded."
+                if from_fresh_process(runs)
+                else "The time axis is cumulative training time alone (evaluation excluded): "
+                "these runs did not record the start-up before it (schema 3 does)."
+            ),
             "",
         ]
         run, entry, case = min(

@@ -76,16 +76,25 @@ def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
     return save_figure(fig, path)
 
 
+def from_fresh_process(runs: Sequence[Run]) -> bool:
+    """Whether every main case recorded its time to a built trainer (schema 3): the time axis
+    then starts at a fresh process, as the time to result does; else at the first epoch."""
+    return all(case.ready_seconds() is not None for run in runs for _, case in run.trained())
+
+
 def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | None) -> Path:
-    """Test accuracy after each epoch against the epoch number or cumulative training time."""
+    """Test accuracy after each epoch (the first seed's) against the epoch number or the time
+    (:func:`from_fresh_process`: from a fresh process, or training alone)."""
     plt = pyplot()
+    fresh = from_fresh_process(runs)
     multi = len(runs) > 1
     fig, ax = plt.subplots(figsize=(10, 4.6) if multi else (7, 4.2), layout="constrained")
     series: dict[tuple, list[tuple[str, str]]] = {}  # identical curves: drawn once, labels joined
     styles: dict[tuple, str] = {}
     for run in runs:
         for entry, case in run.trained("epoch"):
-            times = cumulative_train_seconds(case.history)
+            start = case.ready_seconds() if fresh else 0.0
+            times = [start + seconds for seconds in cumulative_train_seconds(case.history)]
             points = [
                 (record.epoch if by == "epoch" else seconds, record.test_accuracy)
                 for record, seconds in zip(case.history, times, strict=True)
@@ -114,8 +123,17 @@ def plot_accuracy(runs: Sequence[Run], path: Path, *, by: str, target: float | N
     else:
         ax.set_xscale("log")
         plain_log_ticks(ax.xaxis)
-        ax.set_xlabel("cumulative training wall time [s] (evaluation excluded; log scale)")
-        ax.set_title("Test accuracy against training time")
+        ax.set_xlabel(
+            "seconds from a fresh process: start-up, import, build, training epochs "
+            "(evaluation excluded; log scale)"
+            if fresh
+            else "cumulative training wall time [s] (evaluation excluded; log scale)"
+        )
+        ax.set_title(
+            "Test accuracy against time to result"
+            if fresh
+            else "Test accuracy against training time"
+        )
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
     if multi:  # long labels: beside the plot, not over it

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
-from impls.report.text import markdown_table, number, present
+from impls.report.text import markdown_table, number, present, rounded
 from impls.run_info import Canary
 
 SCHEDULE_TEXT = {
@@ -128,19 +128,19 @@ def spell_table(frame, *, with_machine: bool):
                 "implementation": row["implementation"],
                 "device": row["device"] or "—",
                 "timed rounds in a spell": f"{int(row['spell_rounds'])} of {int(row['rounds'])}",
-                "epoch [s], all rounds": number(row["median_s"]),
-                "epoch [s], quiet rounds": number(row["quiet_median_s"]),
-                "speed-up, all rounds": _times(row["speedup_vs_baseline"]),
-                "speed-up, quiet rounds": _times(row["quiet_speedup_vs_baseline"]),
+                "epoch [s], all rounds": rounded(row["median_s"], row["iqr_fraction"]),
+                "epoch [s], quiet rounds": rounded(row["quiet_median_s"], row["iqr_fraction"]),
+                "speed-up, all rounds": _times(row["speedup_vs_baseline"], row),
+                "speed-up, quiet rounds": _times(row["quiet_speedup_vs_baseline"], row),
             }
         )
         table.append(record)
     return pd.DataFrame(table)
 
 
-def _times(value) -> str:
-    """A ratio as 'N×', or '—'."""
-    return f"{number(value)}×" if present(value) else "—"
+def _times(value, row) -> str:
+    """A speed-up as 'N×', rounded to what the row's spread allows, or '—'."""
+    return f"{rounded(value, row['speedup_spread'])}×" if present(value) else "—"
 
 
 def spell_lines(runs: Sequence[Run], frame) -> list[str]:

@@ -6,15 +6,34 @@ Cells are formatted here (:mod:`.text`); the numbers come from the frame
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from impls.report.comparison import p_text
 from impls.report.frame import BASELINE
+from impls.report.result_time import time_to_result_text
 from impls.report.runs import Run
-from impls.report.text import number, plural, present
+from impls.report.seeds import mean_sd_text
+from impls.report.text import number, plural, present, rounded
 from impls.run_info import LoadAverage, OtherCpuUse, RegistryEntry
 
 NOISY_IQR_FRACTION = 0.10  # IQR/median above this: the row is marked noisy
+
+
+def noisy_mark(spread) -> str:
+    """' *noisy*' after a cell whose IQR / median is above :data:`NOISY_IQR_FRACTION`."""
+    return " *noisy*" if present(spread) and spread > NOISY_IQR_FRACTION else ""
+
+
+def median_text(row) -> str:
+    """'median (IQR)' of a row, the median rounded to what its IQR allows, marked noisy."""
+    spread = row["iqr_fraction"]
+    return f"{rounded(row['median_s'], spread)} ({number(row['iqr_s'], 2)})" + noisy_mark(spread)
+
+
+def _rate_text(row) -> str:
+    """The examples/s of a row, rounded to what its IQR allows, or '—'."""
+    return rounded(row["examples_per_s"], row["iqr_fraction"], grouped=True)
 
 
 def _delta_text(row) -> str:
@@ -36,7 +55,7 @@ def _speedup_text(row) -> str:
     speedup = row["speedup_vs_baseline"]
     if not present(speedup):
         return "—"
-    text = f"{number(speedup)}×"
+    text = f"{rounded(speedup, row['speedup_spread'])}×"
     if row["implementation"] == BASELINE:
         return text + " (baseline)"
     if other_baseline_device(row):
@@ -51,6 +70,13 @@ def other_baseline_device(row) -> bool:
 
 
 # ---------------------------------------------------------------- the tables
+
+
+def _memory_text(row) -> str:
+    """The worker's own peak RSS, and with its children's where it had any."""
+    own = number(row["peak_rss_mib"], 3)
+    tree = row.get("peak_tree_pss_mib")
+    return f"{own} ({number(tree, 3)} with workers)" if present(tree) else own
 
 
 def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | None):
@@ -71,23 +97,23 @@ def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | N
             "*limit: read float32 train set once*" if is_limit else row["implementation"]
         )
         record["device"] = row["device"] or "—"
-        record["epoch [s] median (IQR)"] = f"{number(row['median_s'])} ({number(row['iqr_s'], 2)})"
-        record["examples/s"] = (
-            "—"
-            if is_limit or not present(row["examples_per_s"])
-            else f"{row['examples_per_s']:,.0f}"
-        )
+        record["strategy"] = row["strategy"] if present(row["strategy"]) else "—"
+        record["epoch [s] median (IQR)"] = median_text(row)
+        record["examples/s"] = "—" if is_limit else _rate_text(row)
         record[f"speed-up vs {BASELINE}"] = _speedup_text(row)
         record["× limit"] = (
-            "—" if not present(row["limit_multiple"]) else f"{number(row['limit_multiple'])}×"
+            "—"
+            if not present(row["limit_multiple"])
+            else f"{rounded(row['limit_multiple'], row['limit_spread'])}×"
         )
         record["first epoch [s]"] = "—" if is_limit else number(row["first_epoch_s"])
-        record["test accuracy"] = "—" if is_limit else f"{row['final_test_accuracy']:.4f}"
-        tta = row["time_to_accuracy_s"]
-        record[f"time to {target_text} [s]"] = (
-            "—" if is_limit else (number(tta) if present(tta) else "not reached")
+        record["test accuracy (mean ± sd)"] = (
+            "—" if is_limit else mean_sd_text(row, "final_test_accuracy")
         )
-        record["peak RSS [MiB]"] = "—" if is_limit else number(row["peak_rss_mib"], 3)
+        record[f"time to {target_text} [s] from a fresh process"] = (
+            "—" if is_limit else time_to_result_text(row)
+        )
+        record["peak RSS [MiB]"] = "—" if is_limit else _memory_text(row)
         if with_delta:
             record["Δ vs previous"] = _delta_text(row)
         table.append(record)
@@ -95,7 +121,8 @@ def main_table(frame, *, with_machine: bool, with_delta: bool, target: float | N
 
 
 def sweep_table(frame, kind: str, *, with_machine: bool):
-    """One row per implementation, one column per sweep value: 'median (IQR) · examples/s'."""
+    """One row per implementation, one column per sweep value: 'median (IQR) · examples/s ·
+    final test accuracy', marked noisy where the IQR is."""
     import pandas as pd
 
     rows = frame[frame["kind"] == kind]
@@ -108,7 +135,7 @@ def sweep_table(frame, kind: str, *, with_machine: bool):
     for keys, group in rows.groupby(["run", "implementation", "device"], sort=False):
         record = {"machine": group["machine"].iloc[0]} if with_machine else {}
         record.update(implementation=keys[1], device=keys[2])
-        medians = {}
+        medians, spreads = {}, {}
         for value in values:
             cell = group[group[axis] == value]
             label = f"batch {value}" if kind == "batch" else plural(value, "thread")
@@ -117,13 +144,19 @@ def sweep_table(frame, kind: str, *, with_machine: bool):
                 continue
             point = cell.iloc[0]
             medians[value] = point["median_s"]
+            spreads[value] = point["iqr_fraction"]
+            accuracy = point["final_test_accuracy"]
             record[label] = (
-                f"{number(point['median_s'])} s ({number(point['iqr_s'], 2)}) · "
-                f"{point['examples_per_s']:,.0f}/s"
+                f"{rounded(point['median_s'], point['iqr_fraction'])} s "
+                f"({number(point['iqr_s'], 2)}) · {_rate_text(point)}/s"
+                + (f" · acc {accuracy:.4f}" if present(accuracy) else "")
+                + noisy_mark(point["iqr_fraction"])
             )
         if kind == "threads" and len(medians) >= 2:
             low, high = min(medians), max(medians)
-            record[f"speed-up {low}→{high} threads"] = f"{number(medians[low] / medians[high])}×"
+            spread = math.hypot(*(spreads[value] for value in (low, high)))
+            ratio = rounded(medians[low] / medians[high], spread)
+            record[f"speed-up {low}→{high} threads"] = f"{ratio}×"
         table.append(record)
     result = pd.DataFrame(table)
     order = index_cols + [c for c in result.columns if c not in index_cols]
@@ -159,7 +192,7 @@ def startup_table(frame, *, with_machine: bool, with_delta: bool):
                 "measurement": row["startup"],
                 "implementation": row["implementation"],
                 "device": row["device"] or "—",
-                "median [s] (IQR)": f"{number(row['median_s'])} ({number(row['iqr_s'], 2)})",
+                "median [s] (IQR)": median_text(row),
                 "rounds": int(row["rounds"]),
                 "medians of the parts": " + ".join(parts) or "—",
             }
@@ -302,7 +335,7 @@ def settings_table(runs: Sequence[Run], *, with_machine: bool):
 # Shown elsewhere (columns, the machine table) or bookkeeping that says nothing about speed.
 _RUNTIME_SKIP = {
     "device", "device_name", "threads", "platform", "torch", "torchvision", "jax", "jaxlib",
-    "optax", "x64_enabled", "xla_flags",
+    "optax", "x64_enabled", "xla_flags", "strategy",
 }  # fmt: skip
 
 
