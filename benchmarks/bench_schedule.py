@@ -4,10 +4,11 @@ A shared VM has spells of 10-20 s in which multi-threaded code runs 2-3x slower.
 With each implementation's rounds back to back (``--schedule blocks``), a spell
 falls on one implementation and moves every ratio in its row. The default
 ``round-robin`` schedule builds and warms up every implementation first, then
-runs cycles of one timed epoch of each, each cycle in a shuffled order unlike
-the cycle before (so no implementation always follows the same one: a
-framework's idle threads may still spin as the next epoch starts), so a spell
-hits every implementation alike and each one's median stays put.
+runs cycles of one *visit* to each: an untimed epoch that warms its threads and
+caches again, then :data:`VISIT_TIMED` timed epochs. Each cycle runs in a
+shuffled order unlike the cycle before (so no implementation always follows the
+same one), so a spell hits every implementation alike and each one's median
+stays put. Every implementation trains the same epochs in either schedule.
 
 A :class:`Canary`, a small fixed product on every thread at once, is timed before
 each timed epoch and once after each seed's last: a round ran during a spell when
@@ -40,8 +41,8 @@ from bench_options import Settings
 
 from impls.figures import PREDICTION_COUNT
 from impls.results import EpochRecord
+from impls.run_info import VISIT_TIMED, InjectedSpell, quiet_canary, visits
 from impls.run_info import Canary as CanaryRecord
-from impls.run_info import InjectedSpell, quiet_canary
 
 SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
 CANARY_SIZE = 256  # each thread's product: about a millisecond, quiet
@@ -201,20 +202,23 @@ class MainRun:
         if not self._started and self.spells is not None:
             self.spells.start(time.monotonic())  # spells count from the first timed round
         self._started = True
-        rounds = self.settings.epochs - 1
+        epochs = self.settings.epochs - 1  # after the warm-up
         if self.settings.schedule == "blocks":
             for run in live:
-                for _ in range(rounds):
+                for _ in range(epochs):
                     self._guard(run, self._time_epoch)
-        else:
-            previous: list[CaseRun] = []
-            for _ in range(rounds):
+            return
+        previous: list[CaseRun] = []
+        for visit in visits(epochs):
+            order = self._order.sample(live, len(live))
+            while len(live) > 1 and order == previous:  # never the same order twice running
                 order = self._order.sample(live, len(live))
-                while len(live) > 1 and order == previous:  # never the same order twice running
-                    order = self._order.sample(live, len(live))
-                for run in order:
+            for run in order:
+                if visit > 1:
+                    self._guard(run, self._rewarm)
+                for _ in range(min(visit, VISIT_TIMED)):
                     self._guard(run, self._time_epoch)
-                previous = order
+            previous = order
 
     def _guard(self, run: CaseRun, step: Callable[[CaseRun], None]) -> None:
         """Run ``step`` unless the case already failed; keep its error, free its worker."""
@@ -245,6 +249,12 @@ class MainRun:
         if not run.predictions:
             reply = run.epochs.request("predict", count=PREDICTION_COUNT)
             run.predictions = reply["predictions"]
+
+    def _rewarm(self, run: CaseRun) -> None:
+        """The untimed epoch that opens a visit."""
+        run.epochs.setup()
+        time.sleep(SETTLE_SECONDS)
+        run.epochs.train()
 
     def _time_epoch(self, run: CaseRun) -> None:
         run.epochs.setup()

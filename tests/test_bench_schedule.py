@@ -15,7 +15,10 @@ import bench_schedule
 import bench_workers
 from bench_cases import Case
 
-EPOCHS = 4  # one warm-up epoch, three timed rounds
+from impls.run_info import timed_epochs, visits
+
+EPOCHS = 7  # one warm-up epoch, then two visits of one untimed and two timed epochs
+TIMED = 4
 
 
 def settings(schedule: str, seeds=(0,)) -> bench_options.Settings:
@@ -103,58 +106,82 @@ def _no_settling(monkeypatch) -> None:
     monkeypatch.setattr(bench_schedule, "SETTLE_SECONDS", 0.0)
 
 
-def test_round_robin_times_one_epoch_of_each_in_turn_in_shuffled_orders() -> None:
+def cycles_of(log: list[str], impls: int = 3) -> list[tuple[str, ...]]:
+    """The order of each round-robin cycle in a train log (after the warm-ups), checking
+    that each visit is three epochs of one implementation in a row."""
+    epochs = log[impls:]
+    visits = [tuple(epochs[i : i + 3]) for i in range(0, len(epochs), 3)]
+    assert all(len(set(visit)) == 1 for visit in visits), visits
+    names = [visit[0] for visit in visits]
+    return [tuple(names[i : i + impls]) for i in range(0, len(names), impls)]
+
+
+def timed_sequence(log: list[str], impls: int = 3) -> list[str]:
+    """The timed epochs of a train log in the order run: each visit's last two."""
+    epochs = log[impls:]
+    return [name for i in range(0, len(epochs), 3) for name in epochs[i + 1 : i + 3]]
+
+
+def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_epochs() -> None:
+    assert visits(9) == [3, 3, 3] and visits(4) == [3, 1] and visits(2) == [2] and visits(1) == [1]
+    assert [timed_epochs(10, "round-robin"), timed_epochs(10, "blocks")] == [6, 9]
+    assert [timed_epochs(5, "round-robin"), timed_epochs(2, "round-robin")] == [3, 1]
+    assert timed_epochs(EPOCHS, "round-robin") == TIMED
+
+
+def test_round_robin_visits_each_implementation_in_turn_in_shuffled_orders() -> None:
     main, cases, log, _ = schedule_of("round-robin")
     runs = [main.outcome(case) for case in cases]
-    warm_up, timed = log[:3], log[3:]
-    assert warm_up == ["a", "b", "c"]
-    cycles = [tuple(timed[i : i + 3]) for i in range(0, len(timed), 3)]
-    assert len(cycles) == EPOCHS - 1 and all(sorted(cycle) == ["a", "b", "c"] for cycle in cycles)
+    assert log[:3] == ["a", "b", "c"]  # the warm-ups
+    cycles = cycles_of(log)
+    assert len(cycles) == 2 and all(sorted(cycle) == ["a", "b", "c"] for cycle in cycles)
     assert all(one != next_one for one, next_one in itertools.pairwise(cycles)), cycles
+    assert all(log.count(name) == EPOCHS for name in "abc")  # the same epochs for all
+    assert all(len(run.seconds) == TIMED and run.error is None for run in runs)
+    assert len(main.canary.seconds) == 3 * TIMED + 1  # one before each round, one after
+    assert all(len(run.spell_rounds) == TIMED for run in runs)
     again, again_cases, again_log, _ = schedule_of("round-robin")
     again.outcome(again_cases[0])
     assert again_log == log  # shuffled the same way every run
-    assert all(len(run.seconds) == EPOCHS - 1 and run.error is None for run in runs)
-    assert len(main.canary.seconds) == 3 * (EPOCHS - 1) + 1  # one before each round, one after
-    assert all(len(run.spell_rounds) == EPOCHS - 1 for run in runs)
 
 
 def test_each_seed_builds_every_implementation_afresh_and_the_rounds_are_pooled() -> None:
     main, cases, log, pool = schedule_of("round-robin", seeds=(5, 6))
     runs = [main.outcome(case) for case in cases]
     assert pool.builds == [("a", 5), ("b", 5), ("c", 5), ("a", 6), ("b", 6), ("c", 6)]
-    assert log[12:15] == ["a", "b", "c"]  # the second seed's warm-up, after the first's rounds
+    assert log[3 * EPOCHS : 3 * EPOCHS + 3] == ["a", "b", "c"]  # the second seed's warm-up
     for run in runs:
         assert [seed for seed, _ in run.histories] == [5, 6]
-        assert len(run.seconds) == len(run.spell_rounds) == 2 * (EPOCHS - 1)
+        assert len(run.seconds) == len(run.spell_rounds) == 2 * TIMED
         assert run.predictions == [EPOCHS % 10] * 18  # the first seed's model, after its epochs
     # A canary before each round and one after each seed's last round.
-    assert len(main.canary.seconds) == 2 * (3 * (EPOCHS - 1) + 1)
+    assert len(main.canary.seconds) == 2 * (3 * TIMED + 1)
 
 
 def test_blocks_times_each_implementation_back_to_back() -> None:
     main, cases, log, _ = schedule_of("blocks")
     main.outcome(cases[0])
-    assert log[3:] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert log[3:] == ["a"] * (EPOCHS - 1) + ["b"] * (EPOCHS - 1) + ["c"] * (EPOCHS - 1)
+    assert len(main.runs[cases[0]].seconds) == EPOCHS - 1
 
 
 def test_a_failing_implementation_keeps_its_error_and_the_others_go_on() -> None:
-    main, cases, log, pool = schedule_of("round-robin", fail={"b": 3}, missing=("c",))
+    main, cases, log, pool = schedule_of("round-robin", fail={"b": 4}, missing=("c",))
     a, b, c = (main.outcome(case) for case in cases)
     assert isinstance(c.error, bench_workers.WorkerSkip) and c.seconds == []
     assert isinstance(b.error, bench_workers.WorkerError) and len(b.seconds) == 1
-    assert a.error is None and len(a.seconds) == EPOCHS - 1
+    assert a.error is None and len(a.seconds) == TIMED
     assert pool.discarded == ["c", "b"]  # each freed once, when it failed
-    assert log.count("b") == 2  # warm-up and one round; never asked again after failing
+    assert log.count("b") == 3  # warm-up, untimed and one timed epoch; never asked again
 
 
 def test_the_rounds_beside_a_slow_canary_are_marked() -> None:
     main, cases, log, _ = schedule_of("round-robin")
     # Canary k is timed just before the k-th timed round and just after the one before
-    # it: canary 4, slow, marks the 4th and 5th rounds run (positions 3 and 4), no other.
-    main.canary = FakeCanary([1.0, 1.1, 0.9, 1.0, 3.0, 1.0, 1.05, 1.0, 0.95, 1.0])
+    # it: canary 4, slow, marks the 4th and 5th rounds timed (positions 3 and 4), no other.
+    main.canary = FakeCanary([1.0, 1.1, 0.9, 1.0, 3.0, 1.0, 1.05, 1.0, 0.95, 1.0, 1, 1, 1])
     runs = {case.impl: main.outcome(case) for case in cases}
-    timed = log[3:]
+    timed = timed_sequence(log)
     for impl, run in runs.items():
         positions = [i for i, name in enumerate(timed) if name == impl]
         assert run.spell_rounds == [i in (3, 4) for i in positions], impl

@@ -6,7 +6,7 @@ builds at once) in ``test_report_output.py``; both build on the runs made here.
 The synthetic runs are written as ``benchmarks/`` writes them (schema 2): each case built
 with :mod:`impls.results`' dataclasses and stored with ``to_extra_info``. Expected numbers
 are computed here from the raw fields, apart from the code under test; the committed
-schema-1 runs in ``reports/reference/`` are checked the same way.
+schema-1 runs in ``tests/data/schema1/`` are checked the same way.
 """
 
 from __future__ import annotations
@@ -650,8 +650,10 @@ def test_main_without_files_and_nothing_saved(tmp_path: Path, capsys) -> None:
 
 # ------------------------------------------------- the committed schema-1 runs
 
-REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference"
-REFERENCE_RUNS = sorted(REFERENCE.glob("run-*.json"))
+# Three runs written before the result format (schema 1), once the reference report's:
+# what a user's old saved runs look like, kept so that they keep loading.
+SCHEMA1 = Path(__file__).resolve().parent / "data" / "schema1"
+REFERENCE_RUNS = sorted(SCHEMA1.glob("run-*.json"))
 
 
 @pytest.mark.parametrize("path", REFERENCE_RUNS, ids=lambda p: p.name)

@@ -37,7 +37,7 @@ from impls.report.tables import (
     sweep_table,
 )
 from impls.report.text import markdown_table, number, plural, present, rounded
-from impls.run_info import RegistryEntry
+from impls.run_info import VISIT_TIMED, RegistryEntry, timed_epochs
 
 FIGURES_DIR = "figures"
 RESULTS_CSV = "results.csv"  # written beside the report by .build
@@ -57,7 +57,12 @@ def _run_line(run: Run) -> str:
     ]
     per = " and seed" if len(settings.seeds or ()) > 1 else ""
     if epochs:
-        parts.append(f"{epochs} epochs per implementation{per} (1 warm-up + {epochs - 1} timed)")
+        timed = timed_epochs(epochs, settings.schedule)
+        if settings.schedule == "blocks":
+            how = f"1 warm-up + {timed} timed"
+        else:
+            how = f"1 warm-up, then visits of 1 untimed + {VISIT_TIMED} timed: {timed} timed"
+        parts.append(f"{epochs} epochs per implementation{per} ({how})")
     if settings.threads:
         parts.append(f"{settings.threads} threads")
     training = training_settings(run)

@@ -16,15 +16,16 @@ from collections.abc import Sequence
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
 from impls.report.text import markdown_table, number, present, rounded
-from impls.run_info import Canary
+from impls.run_info import VISIT_TIMED, Canary
 
 SCHEDULE_TEXT = {
     "round-robin": (
-        "round-robin: one epoch of each implementation in turn, each in its own persistent "
-        "worker, each cycle in a shuffled order unlike the one before, so that a spell of the "
-        "host (seconds in which a shared machine runs the same code up to 3× slower) falls on "
-        "every implementation alike instead of on one implementation's rounds, and the ratios "
-        "between them hold"
+        "round-robin: a visit to each implementation in turn, each in its own persistent "
+        f"worker: one untimed epoch that warms its threads and caches again after the "
+        f"others' epochs, then {VISIT_TIMED} timed ones; each cycle in a shuffled order unlike "
+        "the one before, so that a spell of the host (seconds in which a shared machine runs "
+        "the same code up to 3× slower) falls on every implementation alike instead of on one "
+        "implementation's rounds, and the ratios between them hold"
     ),
     "blocks": (
         "blocks: each implementation's timed rounds back to back (`--schedule blocks`, and "
