@@ -17,6 +17,9 @@ from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = 3
+# A compile from an empty cache is long (Numba's about 20 s on 2 cores) and steady:
+# two rounds, not the start-up's five.
+DEFAULT_COLD_ROUNDS = 2
 DEFAULT_LOADER_WORKERS = (0, 2, 4)  # the book's is 4 (get_dataloader_workers)
 DEFAULT_LOADER_ROUNDS = 2
 QUICK_EPOCHS = 2
@@ -63,6 +66,7 @@ class Settings:
     epoch_timeout_min: float = DEFAULT_EPOCH_TIMEOUT_MIN
     startup: bool = True
     startup_rounds: int = DEFAULT_STARTUP_ROUNDS
+    cold_rounds: int = DEFAULT_COLD_ROUNDS
     batch_size: int = TrainConfig.batch_size
     sweep_warmup: int = 1
     schedule: str = "round-robin"  # of the main run's timed rounds (bench_schedule.py)
@@ -251,6 +255,14 @@ def add_options(parser: pytest.Parser) -> None:
         "the schedule withstands)",
     )
     add(
+        "--cold-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rounds of each compile from an empty cache (compile-cold), each in a fresh "
+        f"process (default {DEFAULT_COLD_ROUNDS})",
+    )
+    add(
         "--sweep-slow",
         action="store_true",
         help=f"also sweep the slow implementations ({', '.join(SWEEP_EXCLUDED)})",
@@ -323,6 +335,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
         startup_rounds = 1 if quick else DEFAULT_STARTUP_ROUNDS
     elif startup_rounds < 1:
         raise pytest.UsageError(f"--startup-rounds must be positive, got {startup_rounds}")
+    cold_rounds = _given_or(option("cold_rounds"), min(startup_rounds, DEFAULT_COLD_ROUNDS))
+    if cold_rounds < 1:
+        raise pytest.UsageError(f"--cold-rounds must be positive, got {cold_rounds}")
     for name in ("worker_timeout", "epoch_timeout_factor", "epoch_timeout_min"):
         if not option(name) > 0:
             flag = "--" + name.replace("_", "-")
@@ -359,6 +374,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         epoch_timeout_min=option("epoch_timeout_min"),
         startup=not option("no_startup"),
         startup_rounds=startup_rounds,
+        cold_rounds=cold_rounds,
         schedule=option("schedule"),
         seeds=tuple(range(option("seed"), option("seed") + seed_count)),
         inject_spells=tuple(_spell(text) for text in option("inject_spell")),

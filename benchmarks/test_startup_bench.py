@@ -177,7 +177,10 @@ def test_compile(
             finally:
                 filler.close()
         benchmark.pedantic(
-            build_and_first_epoch, setup=setup, rounds=settings.startup_rounds, iterations=1
+            build_and_first_epoch,
+            setup=setup,
+            rounds=settings.cold_rounds if cold else settings.startup_rounds,
+            iterations=1,
         )
     except bench_workers.WorkerSkip as reason:
         pytest.skip(f"{case.impl}: {reason}")
