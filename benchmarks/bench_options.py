@@ -18,7 +18,7 @@ from impls.run_info import SCHEDULES
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = 3
 # A compile from an empty cache is long (Numba's about 20 s on 2 cores) and steady:
-# two rounds, not the start-up's five.
+# two rounds, not the start-up's three.
 DEFAULT_COLD_ROUNDS = 2
 DEFAULT_LOADER_WORKERS = (0, 2, 4)  # the book's is 4 (get_dataloader_workers)
 DEFAULT_LOADER_ROUNDS = 2
@@ -26,7 +26,7 @@ QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 5
 DEFAULT_LIMIT_ROUNDS = 30
 QUICK_LIMIT_ROUNDS = 5
-DEFAULT_STARTUP_ROUNDS = 5
+DEFAULT_STARTUP_ROUNDS = 3
 DEFAULT_TARGET_ACCURACY = 0.82
 DEFAULT_EPOCH_TIMEOUT_FACTOR = 20.0
 DEFAULT_EPOCH_TIMEOUT_MIN = 30.0

@@ -253,7 +253,6 @@ class MainRun:
     def _rewarm(self, run: CaseRun) -> None:
         """The untimed epoch that opens a visit."""
         run.epochs.setup()
-        time.sleep(SETTLE_SECONDS)
         run.epochs.train()
 
     def _time_epoch(self, run: CaseRun) -> None:

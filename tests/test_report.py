@@ -745,3 +745,27 @@ def test_method_names_the_clock_of_the_history(tmp_path, out_dir, schema, worker
     document["fmbench"]["schema"] = schema
     markdown = report.build_report([write(tmp_path / "run.json", document)], out_dir).read_text()
     assert ("the worker's own clock around `train_epoch`" in markdown) is worker_clock
+
+
+# ------------------------------------------------- the committed reference report
+
+REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference"
+
+
+def test_the_reference_report_builds_from_its_committed_runs(tmp_path: Path) -> None:
+    """The runs behind reports/reference/ load with this format and build every section,
+    as the README's command builds them (the newer against the older)."""
+    older, newer = sorted(REFERENCE.glob("run-*.json"))[-2:]
+    for path in (older, newer):
+        assert json.loads(path.read_text())["fmbench"]["schema"] == results.SCHEMA
+    out = tmp_path / "reference"
+    code = report.main(
+        [str(newer), "--previous", str(older), "--history", str(REFERENCE), "--out", str(out)]
+    )
+    assert code == 0
+    text = (out / "README.md").read_text()
+    for section in ("## Epoch time and accuracy", "### Rounds in a spell", "## Input size",
+                    "## Baseline breakdown", "### Compared with the previous run", "History",
+                    "Time to result", "Accuracy over seeds"):  # fmt: skip
+        assert section in text, section
+    assert (out / "results.csv").is_file()
