@@ -45,15 +45,18 @@ from impls.run_info import VISIT_TIMED, InjectedSpell, quiet_canary, visits
 from impls.run_info import Canary as CanaryRecord
 
 SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
-CANARY_SIZE = 256  # each thread's product: about a millisecond, quiet
-CANARY_REPEATS = 3  # the best of these is the canary's time: one preemption is no spell
+CANARY_SIZE = 256  # each thread's products: 0.25 ms each on this 2-core VM, quiet
+# Products per thread: about 4 ms in all. A canary shorter than the kernel's scheduling
+# period does not see CPU-bound competitors (a thread that wakes runs first): one product
+# took 1.4x as long beside two burning processes, sixteen 2.2x (measured).
+CANARY_PRODUCTS = 16
 # A pause before each canary and timed epoch: a BLAS's idle threads spin for tens of
 # milliseconds after a product (OpenBLAS's do); not on the next implementation's clock.
 SETTLE_SECONDS = 0.05
 
 
 class Canary:
-    """A fixed product on each of ``threads`` threads at once, timed as the best of a few.
+    """Fixed products on each of ``threads`` threads at once, timed together.
 
     Python threads, each calling a one-thread BLAS, so nothing is left spinning after it
     (a multi-threaded BLAS call would keep its pool busy into the round that follows).
@@ -74,26 +77,24 @@ class Canary:
     @property
     def what(self) -> str:
         return (
-            f"np.matmul of two {CANARY_SIZE} x {CANARY_SIZE} float32 matrices on each of "
-            f"{self.threads} thread(s) at once (a one-thread BLAS each), the best of "
-            f"{CANARY_REPEATS}, in the pytest process"
+            f"{CANARY_PRODUCTS} products of two {CANARY_SIZE} x {CANARY_SIZE} float32 "
+            f"matrices on each of {self.threads} thread(s) at once (a one-thread BLAS each), "
+            "in the pytest process"
         )
 
-    def _product(self, index: int) -> None:
+    def _products(self, index: int) -> None:
         a, b = self._pairs[index]
-        np.matmul(a, b, out=self._outs[index])
+        for _ in range(CANARY_PRODUCTS):
+            np.matmul(a, b, out=self._outs[index])
 
     def __call__(self) -> int:
         """Time the canary; return its index in :attr:`seconds`."""
         from threadpoolctl import threadpool_limits
 
-        best = float("inf")
         with threadpool_limits(limits=1, user_api="blas"):
-            for _ in range(CANARY_REPEATS):
-                start = time.perf_counter()
-                list(self._pool.map(self._product, range(self.threads)))
-                best = min(best, time.perf_counter() - start)
-        self.seconds.append(best)
+            start = time.perf_counter()
+            list(self._pool.map(self._products, range(self.threads)))
+            self.seconds.append(time.perf_counter() - start)
         return len(self.seconds) - 1
 
     def record(self) -> CanaryRecord:

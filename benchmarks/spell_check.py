@@ -5,7 +5,7 @@ spell injected at each chosen time (``--inject-spell``: as many CPU-burning
 processes as threads), for each schedule asked, and prints the ratio of the two
 implementations' median epochs in each run and its shift from the quiet run::
 
-    nox -s spells                      # numpy/jax, 40 epochs, 4 s spells at 6, 9, 12 s
+    nox -s spells                      # numpy/jax, 40 epochs, one seed, three 4 s spells
     python benchmarks/spell_check.py --schedule blocks --schedule round-robin
 
 Spells count from the main run's first timed epoch. It exits 1 when a
@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--impl", action="append", default=[], help="two implementations (default numpy, jax)")
     add("--schedule", action="append", choices=("round-robin", "blocks"), default=[])
     add("--epochs", type=int, default=40, help="epochs of the main run (default 40)")
-    add("--at", default="6,9,12", help="seconds into the run each spell starts (one run each)")
+    add(
+        "--at",
+        default="1.5,4.5,7.5",
+        help="seconds after the first timed epoch each spell starts, one run each (default "
+        "1.5,4.5,7.5: about 6, 9 and 12 s after the session starts, its first 4.5 s start-up)",
+    )
     add("--seconds", type=float, default=4.0, help="length of each spell (default 4)")
     add("--tolerance", type=float, default=0.10, help="largest shift allowed (default 0.10)")
     add("--threads", type=int, default=None, help="threads (default: the usable cores)")
@@ -50,7 +55,8 @@ def bench_ratio(impls: Sequence[str], schedule: str, epochs: int, extra: Sequenc
         command = [
             sys.executable, "-m", "pytest", str(REPO_ROOT / "benchmarks"), "-q",
             "-p", "no:cacheprovider", "--no-sweeps", "--no-startup",
-            f"--epochs={epochs}", f"--schedule={schedule}", f"--benchmark-json={out}",
+            f"--epochs={epochs}", "--seeds=1", f"--schedule={schedule}",
+            f"--benchmark-json={out}",
             f"--benchmark-storage={Path(folder) / 'storage'}",
             *(f"--impl={name}" for name in impls), *extra,
         ]  # fmt: skip
