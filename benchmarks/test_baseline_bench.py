@@ -20,9 +20,9 @@ import bench_cases
 import bench_workers
 import pytest
 from bench_options import Settings
-from test_softmax_bench import _measure, _start
+from test_softmax_bench import _start, _sweep
 
-from impls.results import LoaderResult, TrainingResult, to_extra_info
+from impls.results import LoaderResult, to_extra_info
 
 pytestmark = [
     pytest.mark.sweep,
@@ -34,19 +34,8 @@ def test_loader_workers(
     benchmark, settings: Settings, workers: bench_workers.WorkerPool, loader_case: bench_cases.Case
 ) -> None:
     """The baseline's training epoch with ``loader_workers`` DataLoader workers."""
-    _, fields = _measure(
-        benchmark,
-        settings,
-        loader_case,
-        workers,
-        warmup=settings.sweep_warmup,
-        rounds=settings.loader_rounds,
-        evaluate_each=False,
-    )
-    result = TrainingResult(**fields, loader_workers=loader_case.loader_workers)
-    benchmark.extra_info.update(to_extra_info(result))
-    assert result.runtime["num_workers"] == loader_case.loader_workers
-    assert 0 < result.final_test_accuracy <= 1
+    result = _sweep(benchmark, settings, workers, loader_case, settings.loader_rounds)
+    assert result.loader_workers == result.runtime["num_workers"] == loader_case.loader_workers
 
 
 def test_loader_alone(

@@ -17,10 +17,10 @@ import bench_floors
 import bench_workers
 import pytest
 from bench_options import Settings
-from test_softmax_bench import _measure
+from test_softmax_bench import _sweep
 
 from impls.data import to_float32
-from impls.results import GROUPS, ComputeFloor, ReadLimit, TrainingResult, to_extra_info
+from impls.results import GROUPS, ComputeFloor, ReadLimit, to_extra_info
 
 pytestmark = [
     pytest.mark.sweep,
@@ -77,16 +77,5 @@ def test_sweep_size(
     benchmark, settings: Settings, workers: bench_workers.WorkerPool, size_case: bench_cases.Case
 ) -> None:
     """One size: a warm-up epoch, then timed epochs; the test accuracy after the last."""
-    _, fields = _measure(
-        benchmark,
-        settings,
-        size_case,
-        workers,
-        warmup=settings.sweep_warmup,
-        rounds=settings.size_rounds,
-        evaluate_each=False,
-    )
-    result = TrainingResult(**fields, size=size_case.size)
-    benchmark.extra_info.update(to_extra_info(result))
-    assert result.config["resize"] == size_case.size
-    assert 0 < result.final_test_accuracy <= 1
+    result = _sweep(benchmark, settings, workers, size_case, settings.size_rounds)
+    assert result.size == result.config["resize"] == size_case.size

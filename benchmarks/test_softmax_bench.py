@@ -120,6 +120,8 @@ def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmu
         "device": case.device,
         "threads": case.threads,
         "batch_size": case.batch_size,
+        "size": case.size,
+        "loader_workers": case.loader_workers,
         "num_train": worker.hello["num_train"],
         "history": history,
         "config": build["config"],
@@ -165,31 +167,35 @@ def test_epoch(
     assert 0 < result.final_test_accuracy <= 1
 
 
-def _sweep(benchmark, settings: Settings, workers: bench_workers.WorkerPool, case) -> None:
-    """One sweep point: warm-up epochs, then timed epochs without evaluation in between."""
+def _sweep(
+    benchmark, settings: Settings, workers: bench_workers.WorkerPool, case, rounds: int
+) -> TrainingResult:
+    """One sweep point: warm-up epochs, then ``rounds`` timed epochs without evaluation in
+    between; its result recorded and returned."""
     _, fields = _measure(
         benchmark,
         settings,
         case,
         workers,
         warmup=settings.sweep_warmup,
-        rounds=settings.sweep_rounds,
+        rounds=rounds,
         evaluate_each=False,
     )
     result = TrainingResult(**fields)
     benchmark.extra_info.update(to_extra_info(result))
     assert 0 < result.final_test_accuracy <= 1
+    return result
 
 
 @pytest.mark.sweep
 def test_sweep_batch_size(
     benchmark, settings: Settings, workers: bench_workers.WorkerPool, batch_case: bench_cases.Case
 ) -> None:
-    _sweep(benchmark, settings, workers, batch_case)
+    _sweep(benchmark, settings, workers, batch_case, settings.sweep_rounds)
 
 
 @pytest.mark.sweep
 def test_sweep_threads(
     benchmark, settings: Settings, workers: bench_workers.WorkerPool, threads_case: bench_cases.Case
 ) -> None:
-    _sweep(benchmark, settings, workers, threads_case)
+    _sweep(benchmark, settings, workers, threads_case, settings.sweep_rounds)

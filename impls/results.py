@@ -574,7 +574,7 @@ class Measurement:
             getattr(case, "loader_workers", None),
         )
 
-    def _rate(self, kind: type, unit: float = 1.0) -> float | None:
+    def _rate(self, kind: type | tuple[type, ...], unit: float = 1.0) -> float | None:
         """The case's amount per round (examples, bytes, FLOP) per second, for a ``kind`` case."""
         if not isinstance(self.case, kind):
             return None
@@ -582,7 +582,7 @@ class Measurement:
 
     @property
     def examples_per_second(self) -> float | None:
-        return self._rate(TrainingResult) or self._rate(LoaderResult)
+        return self._rate((TrainingResult, LoaderResult))
 
     @property
     def gigabytes_per_second(self) -> float | None:

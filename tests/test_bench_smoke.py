@@ -22,23 +22,30 @@ MISSING_DEVICE = "no-such-device"
 SWEPT_SIZE = 40  # the input-size sweep's one point besides 28: small, so the smoke run stays quick
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
-    """Run ``benchmarks/`` in a subprocess, as ``nox -s bench`` does; return its JSON."""
-    out = tmp_path_factory.mktemp("bench")
+def run_bench(out: Path, *args: str, timeout: float = 300) -> Path:
+    """Run ``benchmarks/`` with ``args`` in a subprocess, as ``nox -s bench`` does; it must
+    pass. Return its JSON."""
     run_json = out / "run.json"
     command = [
-        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
-        "--impl", "numpy", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
-        "--sizes", f"28,{SWEPT_SIZE}",
+        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", *args,
         f"--benchmark-json={run_json}", f"--benchmark-storage={out / 'storage'}",
     ]  # fmt: skip
     result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert run_json.is_file(), result.stdout[-4000:]
     return run_json
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
+    """The numpy smoke run's JSON (every test of the suite, the quickest settings)."""
+    return run_bench(
+        tmp_path_factory.mktemp("bench"),
+        "--impl", "numpy", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
+        "--sizes", f"28,{SWEPT_SIZE}",
+    )  # fmt: skip
 
 
 def test_smoke_json(smoke_run: Path) -> None:
@@ -143,17 +150,10 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
 def test_compile_cache_cold_then_warm(tmp_path: Path, real_data) -> None:
     """JAX's compile measurements: a fresh empty cache misses, a filled one hits."""
     pytest.importorskip("jax")
-    run_json = tmp_path / "run.json"
-    command = [
-        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
-        "--impl", "jax", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
+    run_json = run_bench(
+        tmp_path, "--impl", "jax", "--device", "cpu", "--device", MISSING_DEVICE, "--quick",
         "-k", "test_compile",
-        f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    )  # fmt: skip
     document = json.loads(run_json.read_text())
     entries = {b["extra_info"]["startup"]: b["extra_info"] for b in document["benchmarks"]}
     assert sorted(entries) == ["compile-cold", "compile-warm"]
@@ -170,16 +170,10 @@ def test_compile_cache_cold_then_warm(tmp_path: Path, real_data) -> None:
 def test_the_baseline_breakdown_times_the_epoch_and_the_loader_alone(tmp_path, real_data) -> None:
     """d2l-reference with 0 DataLoader workers: its epoch, and its loader with no training."""
     pytest.importorskip("torchvision")
-    run_json = tmp_path / "run.json"
-    command = [
-        sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
-        "--impl", "d2l-reference", "--quick", "--loader-workers", "0", "-k", "loader",
-        f"--benchmark-json={run_json}", f"--benchmark-storage={tmp_path / 'storage'}",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run_json = run_bench(
+        tmp_path, "--impl", "d2l-reference", "--quick", "--loader-workers", "0", "-k", "loader",
+        timeout=600,
+    )  # fmt: skip
     document = json.loads(run_json.read_text())
     cases = {
         b["extra_info"]["kind"]: from_extra_info(b["extra_info"]) for b in document["benchmarks"]

@@ -79,9 +79,9 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
             first_epoch_s=case.first_epoch_seconds,
             final_test_accuracy=case.final_test_accuracy,
             time_to_accuracy_s=case.time_to_accuracy_seconds,
-            peak_rss_mib=_mib(case.peak_rss_bytes),
-            peak_rss_children_mib=_mib(case.peak_rss_children_bytes),
-            peak_tree_pss_mib=_mib(case.peak_tree_pss_bytes),
+            peak_rss_mib=mib(case.peak_rss_bytes),
+            peak_rss_children_mib=mib(case.peak_rss_children_bytes),
+            peak_tree_pss_mib=mib(case.peak_tree_pss_bytes),
             build_s=case.build_seconds,
             strategy=case.runtime.get("strategy"),
         )
@@ -176,6 +176,6 @@ def _spread(one: Measurement, other: Measurement) -> float:
     return math.hypot(*(m.timing.iqr / m.timing.median for m in (one, other)))
 
 
-def _mib(value: int | None) -> float | None:
+def mib(value: int | None) -> float | None:
     """Bytes in MiB, or None."""
     return value / MIB if value is not None else None

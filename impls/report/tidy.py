@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from impls.report.frame import mib
 from impls.report.runs import Run
 from impls.report.seeds import seed_frame
 from impls.results import TRAINING_KINDS
-
-MIB = 2**20
 
 # The run and the case first, then the timing, then the seed's numbers.
 LEADING = ["run_file", "run_id", "date", "commit", "dirty", "machine", "kind", "implementation",
@@ -51,9 +50,9 @@ def _case_rows(runs: Sequence[Run]) -> list[dict]:
                     "q3_s": timing.q3,
                     "spell_rounds": None if spells is None else sum(spells),
                     "examples_per_s": entry.examples_per_second,
-                    "peak_rss_mib": _mib(case.peak_rss_bytes),
-                    "peak_rss_children_mib": _mib(case.peak_rss_children_bytes),
-                    "peak_tree_pss_mib": _mib(case.peak_tree_pss_bytes),
+                    "peak_rss_mib": mib(case.peak_rss_bytes),
+                    "peak_rss_children_mib": mib(case.peak_rss_children_bytes),
+                    "peak_tree_pss_mib": mib(case.peak_tree_pss_bytes),
                 }
             )
     return rows
@@ -78,8 +77,3 @@ def results_table(runs: Sequence[Run]):
 def write_results_csv(runs: Sequence[Run], path) -> None:
     """Write :func:`results_table` to ``path`` (the build's staging folder)."""
     results_table(runs).to_csv(path, index=False)
-
-
-def _mib(value: int | None) -> float | None:
-    """Bytes in MiB, or None."""
-    return value / MIB if value is not None else None
