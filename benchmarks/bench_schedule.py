@@ -5,7 +5,7 @@ With each implementation's rounds back to back (``--schedule blocks``), a spell
 falls on one implementation and moves every ratio in its row. The default
 ``round-robin`` schedule builds and warms up every implementation first, then
 runs cycles of one *visit* to each: an untimed epoch that warms its threads and
-caches again, then :data:`VISIT_TIMED` timed epochs. Each cycle runs in a
+caches again, then :data:`impls.run_info.VISIT_TIMED` timed epochs. Each cycle runs in a
 shuffled order unlike the cycle before (so no implementation always follows the
 same one), so a spell hits every implementation alike and each one's median
 stays put. Every implementation trains the same epochs in either schedule.
@@ -41,8 +41,8 @@ from bench_options import Settings
 
 from impls.figures import PREDICTION_COUNT
 from impls.results import EpochRecord
-from impls.run_info import VISIT_TIMED, InjectedSpell, quiet_canary, visits
 from impls.run_info import Canary as CanaryRecord
+from impls.run_info import InjectedSpell, quiet_canary, visits
 
 SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
 CANARY_SIZE = 256  # each thread's products: 0.25 ms each on this 2-core VM, quiet
@@ -210,14 +210,14 @@ class MainRun:
                     self._guard(run, self._time_epoch)
             return
         previous: list[CaseRun] = []
-        for visit in visits(epochs):
+        for untimed, timed in visits(epochs):
             order = self._order.sample(live, len(live))
             while len(live) > 1 and order == previous:  # never the same order twice running
                 order = self._order.sample(live, len(live))
             for run in order:
-                if visit > 1:
+                for _ in range(untimed):
                     self._guard(run, self._rewarm)
-                for _ in range(min(visit, VISIT_TIMED)):
+                for _ in range(timed):
                     self._guard(run, self._time_epoch)
             previous = order
 

@@ -116,6 +116,8 @@ class TreeMemory:
     children exist only during an epoch, so a thread samples the tree while a
     request runs; it is started only once the process has had children (after the
     warm-up), so that the other implementations' timed epochs share the CPU with no one.
+    Whether it has had them is asked by :meth:`arm`, from an untimed request: listing a
+    process's children reads /proc, too slow for the clock around an epoch.
     """
 
     INTERVAL_S = 0.1
@@ -125,6 +127,7 @@ class TreeMemory:
 
         self._process = psutil.Process()
         self.peak: int | None = None
+        self.armed = False
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
 
@@ -150,8 +153,12 @@ class TreeMemory:
                 continue
         self.peak = max(self.peak or 0, total)
 
+    def arm(self) -> None:
+        """Sample from now on if this process has had children (once armed, always)."""
+        self.armed = self.armed or self.had_children()
+
     def __enter__(self) -> TreeMemory:
-        if self.peak is not None or self.had_children():
+        if self.armed:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -237,6 +244,7 @@ class Server:
     def cmd_prepare(self) -> dict[str, object]:
         """Draw the next epoch's shared order now, so that ``train`` times training only."""
         self.runner.prepare()
+        self.tree_memory.arm()
         return {}
 
     def cmd_train(self) -> dict[str, object]:

@@ -38,20 +38,21 @@ SCHEDULES = ("round-robin", "blocks")
 VISIT_TIMED = 2
 
 
-def visits(epochs: int) -> list[int]:
+def visits(epochs: int) -> list[tuple[int, int]]:
     """The round-robin's visits to each implementation for ``epochs`` epochs after the
-    warm-up: each ``VISIT_TIMED + 1`` epochs (the last may be shorter), the first of a
-    visit untimed when it has more than one, so every implementation trains the same
-    epochs whatever the schedule."""
+    warm-up, as (untimed, timed) epochs: ``VISIT_TIMED + 1`` epochs a visit (the last may
+    be shorter), the first untimed when it has more than one, so every implementation
+    trains the same epochs whatever the schedule."""
     size = VISIT_TIMED + 1
-    return [min(size, epochs - start) for start in range(0, epochs, size)]
+    lengths = [min(size, epochs - start) for start in range(0, epochs, size)]
+    return [(1, length - 1) if length > 1 else (0, 1) for length in lengths]
 
 
 def timed_epochs(epochs: int, schedule: str) -> int:
     """How many of ``epochs`` (the warm-up included) a schedule times, per seed."""
     if schedule == "blocks":
         return epochs - 1
-    return sum(visit - 1 if visit > 1 else 1 for visit in visits(epochs - 1))
+    return sum(timed for _, timed in visits(epochs - 1))
 
 
 # ------------------------------------------------------------------ machine

@@ -21,9 +21,9 @@ EPOCHS = 7  # one warm-up epoch, then two visits of one untimed and two timed ep
 TIMED = 4
 
 
-def settings(schedule: str, seeds=(0,)) -> bench_options.Settings:
+def settings(schedule: str, seeds=(0,), epochs: int = EPOCHS) -> bench_options.Settings:
     return bench_options.Settings(
-        impls=("a", "b", "c"), devices=("cpu",), threads=1, quick=False, epochs=EPOCHS,
+        impls=("a", "b", "c"), devices=("cpu",), threads=1, quick=False, epochs=epochs,
         sweep_rounds=1, limit_rounds=1, target_accuracy=0.8, batch_sizes=(256,),
         sweep_threads=(1,), sweeps=False, sweep_slow=False, data_dir=None, worker_timeout=10.0,
         schedule=schedule, seeds=seeds,
@@ -90,14 +90,16 @@ class FakeCanary:
         pass
 
 
-def schedule_of(schedule: str, *, fail: dict[str, int] | None = None, missing=(), seeds=(0,)):
+def schedule_of(
+    schedule: str, *, fail: dict[str, int] | None = None, missing=(), seeds=(0,), epochs=EPOCHS
+):
     """A main run over fake implementations a, b, c; returns (run, cases, train log, pool)."""
     log: list[str] = []
     fail = fail or {}
     workers = {name: FakeWorker(name, log, fail.get(name)) for name in "abc"}
     pool = FakePool(workers, missing)
     cases = [Case("epoch", name, "cpu", 1, 256) for name in "abc"]
-    main = bench_schedule.MainRun(settings(schedule, seeds), pool, cases)
+    main = bench_schedule.MainRun(settings(schedule, seeds, epochs), pool, cases)
     return main, cases, log, pool
 
 
@@ -123,10 +125,21 @@ def timed_sequence(log: list[str], impls: int = 3) -> list[str]:
 
 
 def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_epochs() -> None:
-    assert visits(9) == [3, 3, 3] and visits(4) == [3, 1] and visits(2) == [2] and visits(1) == [1]
+    assert visits(9) == [(1, 2)] * 3 and visits(4) == [(1, 2), (0, 1)]
+    assert visits(2) == [(1, 1)] and visits(1) == [(0, 1)]
     assert [timed_epochs(10, "round-robin"), timed_epochs(10, "blocks")] == [6, 9]
-    assert [timed_epochs(5, "round-robin"), timed_epochs(2, "round-robin")] == [3, 1]
+    assert [timed_epochs(5, "round-robin"), timed_epochs(3, "round-robin")] == [3, 1]
+    assert timed_epochs(2, "round-robin") == 1
     assert timed_epochs(EPOCHS, "round-robin") == TIMED
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "blocks"])
+@pytest.mark.parametrize("epochs", [2, 3, 4, 5, 10])
+def test_every_schedule_trains_the_epochs_asked_and_times_its_share(schedule, epochs) -> None:
+    main, cases, log, _ = schedule_of(schedule, epochs=epochs)
+    runs = [main.outcome(case) for case in cases]
+    assert all(log.count(name) == epochs for name in "abc")
+    assert all(len(run.seconds) == timed_epochs(epochs, schedule) for run in runs)
 
 
 def test_round_robin_visits_each_implementation_in_turn_in_shuffled_orders() -> None:

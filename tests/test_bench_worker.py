@@ -84,6 +84,7 @@ import json, subprocess, sys, time
 import bench_worker
 
 memory = bench_worker.TreeMemory()
+memory.arm()
 with memory:
     time.sleep(0.3)
 before = memory.peak
@@ -92,6 +93,7 @@ child = subprocess.Popen(
 )
 try:
     time.sleep(1.5)  # the child's pages are touched
+    memory.arm()
     with memory:
         time.sleep(0.5)
 finally:
