@@ -1,7 +1,7 @@
 """``fmbench``: a thin command line over the functions the tests call directly.
 
     fmbench train IMPL [--epochs --lr --batch-size --seed --threads --device --resize
-                        --loader-workers --data-dir --out]
+                        --loader-workers --replicas --data-dir --out]
     fmbench list
     fmbench data [--data-dir DIR] [--no-download]
     fmbench report FILES... (see ``impls.report``)
@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="DataLoader worker processes of an implementation with its own loader "
         "(d2l-reference; default: the book's 4)",
     )
+    train.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=defaults.replicas,
+        metavar="R",
+        help="data-parallel replicas of one run, each with threads/R threads (implementations "
+        "with a data-parallel engine: see fmbench list)",
+    )
     train.add_argument("--data-dir", type=Path, default=None, help="a directory with the 4 files")
     train.add_argument("--out", type=Path, default=None, help="figures and history (runs/IMPL)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,6 +145,11 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     if args.threads is not None and args.threads > cores:
         # Not a TrainConfig rule: configs are built for other machines too (the bench's sweep).
         raise UsageError(f"--threads {args.threads} is more than the {cores} usable cores here")
+    if args.device == "cpu" and args.replicas > cores:
+        raise UsageError(
+            f"--replicas {args.replicas} is more than the {cores} usable cores here "
+            "(a CPU replica needs a core of its own)"
+        )
     try:
         return TrainConfig(
             lr=lr_at_size(TrainConfig.lr, args.resize) if args.lr is None else args.lr,
@@ -147,6 +160,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             seed=args.seed,
             device=args.device,
             threads=args.threads,
+            replicas=args.replicas,
         )
     except ConfigError as error:
         raise UsageError(str(error)) from None
@@ -228,8 +242,12 @@ def run_train(args: argparse.Namespace) -> int:
             f"--loader-workers: {args.impl} has no DataLoader of its own (it applies to "
             f"{', '.join(loaders)})"
         )
-    implementation.load()  # fail early, before loading data, if the framework is missing
     config = _train_config(args)
+    try:
+        registry.check_replicas(args.impl, config.replicas)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    implementation.load()  # fail early, before loading data, if the framework is missing
     out = args.out or Path("runs") / args.impl
     made = _prepare_out(out)
     try:
@@ -298,7 +316,8 @@ def run_list(_: argparse.Namespace) -> int:
         else:
             missing = ", ".join(impl.missing())
             status = f"missing {missing} ({impl.install_command})"
-        print(f"{impl.name:14s} {status}\n{'':14s} {impl.summary}")
+        parallel = f"replicas: {impl.data_parallel}" if impl.data_parallel else "one device only"
+        print(f"{impl.name:14s} {status}\n{'':14s} {impl.summary}\n{'':14s} {parallel}")
     return 0
 
 

@@ -61,6 +61,10 @@ class TrainConfig:
     # DataLoader worker processes of an implementation that streams its batches through
     # one (d2l-reference); None: its own default (the book's 4). Others have no loader.
     loader_workers: int | None = None
+    # Data-parallel replicas of one training run (synchronous SGD on the shared global
+    # minibatches); only implementations with a framework engine for it take more than 1.
+    # ``threads`` stays the run's total: each replica gets threads // replicas.
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         # math.isfinite as well: lr or init_std of inf would run an epoch of NaNs.
@@ -78,6 +82,13 @@ class TrainConfig:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise ConfigError(f"loader workers must be 0 or more, got {self.loader_workers}")
+        if isinstance(self.replicas, bool) or self.replicas < 1:
+            raise ConfigError(f"replicas must be a positive integer, got {self.replicas}")
+        if self.threads is not None and self.threads < self.replicas:
+            raise ConfigError(
+                f"{self.replicas} replicas need at least one thread each, "
+                f"got threads {self.threads}"
+            )
         if self.resize is not None and (isinstance(self.resize, bool) or self.resize < 1):
             raise ConfigError(f"resize must be a positive side length, got {self.resize}")
 
@@ -86,6 +97,11 @@ class TrainConfig:
         if self.threads is not None:
             return self
         return replace(self, threads=usable_cores())
+
+    @property
+    def threads_per_replica(self) -> int | None:
+        """Each replica's share of ``threads`` (None while threads is unresolved)."""
+        return None if self.threads is None else self.threads // self.replicas
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -48,6 +48,9 @@ class EpochStats:
 
     loss: float
     accuracy: float
+    # Seconds the epoch spent combining the replicas' gradients, where a data-parallel
+    # trainer can measure it apart (None: one replica, or not measurable).
+    communication_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class Implementation:
     # Streams its batches through a DataLoader of its own: TrainConfig.loader_workers
     # applies, and its trainer has load_batches() (the input pipeline alone).
     own_loader: bool = False
+    # The framework engine that spreads one run over TrainConfig.replicas devices
+    # (None: single device only, --replicas 1).
+    data_parallel: str | None = None
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -170,8 +173,20 @@ def build_trainer(
     """
     config = config.resolved()
     check_size(data, config)
+    check_replicas(name, config.replicas)
     params = init_params(config, data.num_inputs)
     return make_trainer(name, data, params, config), config
+
+
+def check_replicas(name: str, replicas: int) -> None:
+    """A ConfigError when implementation ``name`` cannot run ``replicas`` data-parallel replicas."""
+    if replicas == 1 or get(name).data_parallel:
+        return
+    takers = ", ".join(impl.name for impl in REGISTRY.values() if impl.data_parallel)
+    raise ConfigError(
+        f"{name} runs on one device only (it has no data-parallel engine), so replicas must "
+        f"be 1, got {replicas}; implementations that take replicas: {takers or 'none'}"
+    )
 
 
 def check_size(data: FashionMNIST, config: TrainConfig) -> None:

@@ -34,6 +34,9 @@ from impls.config import usable_cores
         (["train", "d2l-reference", "--loader-workers", "-1"], "--loader-workers"),
         (["train", "numpy", "--data-dir", "/no/such/dir"], "not a readable directory"),
         (["train", "numpy", "--device", "quantum"], "quantum"),
+        (["train", "torch-nn", "--replicas", "0"], "--replicas: must be positive"),
+        (["train", "numpy", "--replicas", "2"], "one device only"),
+        (["train", "torch-nn", "--replicas", "999"], "more than the"),
         (["bogus"], "invalid choice"),
         ([], "required"),
     ],
@@ -49,6 +52,9 @@ from impls.config import usable_cores
         "negative-loader-workers",
         "bad-data-dir",
         "bad-device",
+        "replicas-0",
+        "replicas-of-a-single-device-impl",
+        "replicas-beyond-the-cores",
         "bad-command",
         "no-command",
     ],
@@ -335,6 +341,10 @@ def test_list_shows_every_implementation(capsys):
     out = capsys.readouterr().out
     for name in registry.REGISTRY:
         assert name in out
+    # Which implementations take --replicas, and which run on one device only.
+    takers = [impl for impl in registry.REGISTRY.values() if impl.data_parallel]
+    assert all(f"replicas: {impl.data_parallel}" in out for impl in takers)
+    assert out.count("one device only") == len(registry.REGISTRY) - len(takers)
 
 
 def test_list_survives_a_missing_framework(monkeypatch, capsys):

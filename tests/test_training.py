@@ -31,6 +31,8 @@ from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, ini
         ("init_std", math.nan),
         ("init_std", -0.1),
         ("loader_workers", -1),
+        ("replicas", 0),
+        ("replicas", True),
     ],
     ids=lambda v: str(v),
 )
@@ -49,6 +51,19 @@ def test_config_is_frozen_and_resolves_threads_to_the_usable_cores(monkeypatch):
     assert usable_cores() == 3
     assert config.resolved().threads == 3
     assert TrainConfig(threads=7).resolved().threads == 7
+
+
+def test_replicas_share_the_threads_and_need_one_each():
+    assert TrainConfig(threads=4, replicas=2).threads_per_replica == 2
+    assert TrainConfig(threads=3, replicas=2).threads_per_replica == 1
+    assert TrainConfig(replicas=2).threads_per_replica is None  # until resolved
+    with pytest.raises(ConfigError, match="2 replicas need at least one thread each"):
+        TrainConfig(threads=1, replicas=2)
+
+
+def test_a_single_device_implementation_refuses_replicas(real_data):
+    with pytest.raises(ConfigError, match="numpy runs on one device only"):
+        registry.build_trainer("numpy", real_data, TrainConfig(replicas=2, threads=2))
 
 
 def test_usable_cores_falls_back_to_the_core_count_without_affinity(monkeypatch):
