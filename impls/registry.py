@@ -53,6 +53,9 @@ class Implementation:
     # The framework engine that spreads one run over TrainConfig.replicas devices
     # (None: single device only, --replicas 1).
     data_parallel: str | None = None
+    # "module:function" (framework-free) giving the environment variables a process needs
+    # before it imports this framework, for a config (JAX's host devices for replicas).
+    environment: str | None = None
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -108,6 +111,7 @@ REGISTRY: dict[str, Implementation] = {
             "jax",
             "JAX jit + optax, whole epochs compiled with lax.scan",
             compile_cache_env="FMBENCH_JAX_CACHE_DIR",
+            environment="impls.host_devices:xla_host_devices",
         ),
         Implementation(
             "jax-step",
@@ -176,6 +180,16 @@ def build_trainer(
     check_replicas(name, config.replicas)
     params = init_params(config, data.num_inputs)
     return make_trainer(name, data, params, config), config
+
+
+def environment_for(name: str, config: TrainConfig) -> dict[str, str]:
+    """The environment variables a process must have, before it imports implementation
+    ``name``'s framework, to run ``config`` (empty for most)."""
+    hook = get(name).environment
+    if hook is None:
+        return {}
+    module, function = hook.split(":")
+    return dict(getattr(importlib.import_module(module), function)(config))
 
 
 def check_replicas(name: str, replicas: int) -> None:

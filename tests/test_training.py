@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from impls import config as config_module
-from impls import registry
+from impls import host_devices, registry
 from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import MinibatchOrder
 from impls.protocol import EpochStats, Evaluation, Params
@@ -188,3 +188,17 @@ def test_epoch_runner_refuses_a_diverging_epoch_before_recording_it(tiny_data):
     with pytest.raises(DivergenceError, match="epoch 1"):
         runner.train()
     assert runner.history == []
+
+
+def test_jax_replicas_on_the_cpu_need_host_devices_before_jax_starts():
+    config = TrainConfig(replicas=2, threads=2)
+    flags = "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=8"
+    env = host_devices.xla_host_devices(config, {"XLA_FLAGS": flags})
+    # The earlier count is replaced, the other flags kept.
+    assert env == {
+        "XLA_FLAGS": "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2"
+    }
+    assert registry.environment_for("jax", config)["XLA_FLAGS"].endswith("device_count=2")
+    assert registry.environment_for("jax", TrainConfig()) == {}
+    assert registry.environment_for("jax", config.replace(device="cuda")) == {}
+    assert registry.environment_for("numpy", config) == {}
