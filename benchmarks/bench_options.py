@@ -17,13 +17,13 @@ from impls.run_info import SCHEDULES
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = 3
-# A compile from an empty cache is long (Numba's about 20 s on 2 cores) and steady:
-# two rounds, not the start-up's three.
-DEFAULT_COLD_ROUNDS = 2
+# A compile from an empty cache is long (Numba's 24 to 27 s on 2 cores) and steady
+# (rounds of one run within 5 %): one round, whose filled cache the warm rounds then use.
+DEFAULT_COLD_ROUNDS = 1
 DEFAULT_LOADER_WORKERS = (0, 2, 4)  # the book's is 4 (get_dataloader_workers)
 DEFAULT_LOADER_ROUNDS = 2
 QUICK_EPOCHS = 2
-DEFAULT_SWEEP_ROUNDS = 5
+DEFAULT_SWEEP_ROUNDS = 3  # each sweep point's timed epochs: a median and an IQR
 DEFAULT_LIMIT_ROUNDS = 30
 QUICK_LIMIT_ROUNDS = 5
 DEFAULT_STARTUP_ROUNDS = 3

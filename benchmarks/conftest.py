@@ -206,6 +206,13 @@ def workers(pytestconfig: pytest.Config, settings: bench_options.Settings, datas
 
 
 @pytest.fixture(scope="session")
+def filled_compile_caches() -> dict[tuple[str, str], Path]:
+    """Per (implementation, device), a compilation cache a cold compile round filled: the
+    warm rounds start from it rather than paying a compile of their own to fill one."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def main_run(request: pytest.FixtureRequest, settings: bench_options.Settings, workers):
     """The main run's schedule over every selected ``test_epoch`` case (run on first use)."""
     cases = [bench_cases.item_case(item) for item in request.session.items]

@@ -8,9 +8,10 @@ names the measurement):
 * ``cli-train``: ``fmbench train IMPL`` end to end in a fresh process (Python
   start, imports, data from the cache, 10 epochs with evaluation, figures);
 * ``compile-cold`` / ``compile-warm``: for an implementation with a persistent
-  compilation cache (JAX), building the trainer (which compiles) plus its first
+  compilation cache (JAX, Numba), building the trainer (which compiles) plus its first
   epoch, in a fresh worker process whose cache directory is empty (cold) or
-  already holds the programs (warm). The worker's own ``runtime_info`` must
+  already holds the programs (warm: the cache the last cold round filled, as a
+  user's second run finds it). The worker's own ``runtime_info`` must
   agree about the cache state, or the test fails.
 
 Each round that starts a process starts a fresh one; only what the name says
@@ -130,13 +131,21 @@ def _summary_line(stdout: str) -> str:
 
 
 def test_compile(
-    benchmark, settings: Settings, dataset, workers, compile_case, tmp_path_factory
+    benchmark,
+    settings: Settings,
+    dataset,
+    workers,
+    compile_case,
+    tmp_path_factory,
+    filled_compile_caches,
 ) -> None:
     """Trainer build (compilation) plus the first epoch, with a cold or a warm cache."""
     case = compile_case
     _start_case(benchmark, case, workers)
     cold = case.name == "compile-cold"
     root = tmp_path_factory.mktemp(f"{case.impl}-compile-cache")
+    # The cold case runs first; its last round left a filled cache for the warm rounds.
+    filled = filled_compile_caches.get((case.impl, case.device))
     config = {"device": case.device, "threads": case.threads, "batch_size": settings.batch_size}
     rounds: list[dict] = []
     current: dict[str, bench_workers.Worker] = {}
@@ -160,7 +169,7 @@ def test_compile(
     def setup() -> None:
         if "worker" in current:
             current.pop("worker").close()
-        cache_dir = root / (f"round-{len(rounds)}" if cold else "shared")
+        cache_dir = root / f"round-{len(rounds)}" if cold else filled
         current["worker"] = start_worker(cache_dir)
 
     def build_and_first_epoch() -> None:
@@ -170,8 +179,9 @@ def test_compile(
         rounds.append({"build": build, "first_epoch_seconds": epoch["train_seconds"]})
 
     try:
-        if not cold:  # fill the shared cache once, untimed
-            filler = start_worker(root / "shared")
+        if not cold and filled is None:  # no cold round ran (-k): fill a cache, untimed
+            filled = root / "shared"
+            filler = start_worker(filled)
             try:
                 bench_workers.request_build(filler, config)
             finally:
@@ -189,6 +199,8 @@ def test_compile(
     finally:
         if "worker" in current:
             current.pop("worker").close()
+    if cold and rounds:
+        filled_compile_caches[(case.impl, case.device)] = root / f"round-{len(rounds) - 1}"
     states = [r["build"]["runtime"].get("compilation_cache_warm") for r in rounds]
     benchmark.extra_info.update(
         _startup_info(
