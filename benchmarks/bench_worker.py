@@ -110,14 +110,20 @@ def _framework_info() -> dict[str, object]:
 class TreeMemory:
     """The peak proportional set size of this process and its children, summed.
 
-    An implementation with worker processes of its own (d2l-reference's DataLoader)
-    holds memory a peak RSS of the worker leaves out, and its children's RSS counts
-    every page they share with it again; summed PSS counts each page once. The
-    children exist only during an epoch, so a thread samples the tree while a
-    request runs; it is started only once the process has had children (after the
-    warm-up), so that the other implementations' timed epochs share the CPU with no one.
-    Whether it has had them is asked by :meth:`arm`, from an untimed request: listing a
-    process's children reads /proc, too slow for the clock around an epoch.
+    An implementation with worker processes of its own (d2l-reference's DataLoader,
+    data-parallel replicas) holds memory a peak RSS of the worker leaves out, and its
+    children's RSS counts every page they share with it again; summed PSS counts each
+    page once. Reading a process's PSS walks its page tables (tens of milliseconds for
+    a framework's), so nothing is read while an epoch runs unless it must be:
+
+    * children alive when :meth:`arm` runs (untimed, before each epoch: persistent
+      replicas) are sampled there and then, and never during an epoch;
+    * children that came and went since :meth:`mark` (after the build), such as
+      DataLoader workers that live for one epoch, can only be seen during one: then a
+      thread samples the tree while each request runs.
+
+    A framework's own helper processes before the build (``import torch`` runs one) arm
+    nothing: only the CPU time of children reaped after :meth:`mark` counts.
     """
 
     INTERVAL_S = 0.1
@@ -127,20 +133,20 @@ class TreeMemory:
 
         self._process = psutil.Process()
         self.peak: int | None = None
-        self.armed = False
+        self.during = False  # sample while requests run (children live within an epoch)
+        self._reaped_at_mark = self._reaped_seconds()
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def had_children() -> bool:
-        """Whether this process has started a child (waited for, or alive now)."""
-        import resource
+    def _reaped_seconds() -> float:
+        """CPU seconds of this process's children that have exited and been waited for."""
+        times = os.times()
+        return times.children_user + times.children_system
 
-        import psutil
-
-        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss > 0 or bool(
-            psutil.Process().children()
-        )
+    def mark(self) -> None:
+        """From now on, a child that exits makes the epochs sampled (call after a build)."""
+        self._reaped_at_mark = self._reaped_seconds()
 
     def sample(self) -> None:
         import psutil
@@ -154,11 +160,15 @@ class TreeMemory:
         self.peak = max(self.peak or 0, total)
 
     def arm(self) -> None:
-        """Sample from now on if this process has had children (once armed, always)."""
-        self.armed = self.armed or self.had_children()
+        """Before an epoch, untimed: sample live children now; else sample during requests
+        once children have come and gone since :meth:`mark` (once so, always)."""
+        if self._process.children():
+            self.sample()
+        elif self._reaped_seconds() > self._reaped_at_mark:
+            self.during = True
 
     def __enter__(self) -> TreeMemory:
-        if self.armed:
+        if self.during:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -233,6 +243,7 @@ class Server:
         start = time.perf_counter()
         trainer, resolved = registry.build_trainer(self.impl, self.built, config)
         seconds = time.perf_counter() - start
+        self.tree_memory.mark()
         self.runner = EpochRunner(trainer, resolved, self.data.num_train)
         return {
             "build_seconds": seconds,

@@ -83,28 +83,43 @@ import json, subprocess, sys, time
 
 import bench_worker
 
+HOLD = "import time; b = bytearray(200 * 2**20); time.sleep(%s)"
+subprocess.run([sys.executable, "-c", HOLD % 0.2], check=True)  # before the build: ignored
 memory = bench_worker.TreeMemory()
+memory.mark()  # the build
 memory.arm()
 with memory:
     time.sleep(0.3)
-before = memory.peak
-child = subprocess.Popen(
-    [sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(60)"]
-)
+before = memory.peak, memory.during
+# A child that lives across epochs (a replica): sampled when armed, not during requests.
+child = subprocess.Popen([sys.executable, "-c", HOLD % 60])
 try:
     time.sleep(1.5)  # the child's pages are touched
     memory.arm()
-    with memory:
-        time.sleep(0.5)
+    persistent = memory.peak, memory.during
 finally:
     child.kill()
     child.wait()
-print(json.dumps({"before": before, "after": memory.peak}))
+# Children that live within an epoch (DataLoader workers): once one has come and gone,
+# the tree is sampled while each request runs.
+memory.peak = None
+subprocess.run([sys.executable, "-c", HOLD % 0.2], check=True)
+memory.arm()
+with memory:
+    child = subprocess.Popen([sys.executable, "-c", HOLD % 60])
+    try:
+        time.sleep(1.5)
+    finally:
+        child.kill()
+        child.wait()
+print(json.dumps({"before": before, "persistent": persistent,
+                  "transient": [memory.peak, memory.during]}))
 """
 
 
-def test_tree_memory_adds_the_childrens_memory_once_they_exist() -> None:
-    """Sampled only once the process has had children; then their memory counts too.
+def test_tree_memory_counts_children_without_sampling_epochs_it_need_not() -> None:
+    """Nothing sampled without children since the build; live children sampled when armed
+    (untimed); children that come and go within epochs sampled during requests.
 
     In a fresh process: this one may have started children already."""
     pytest.importorskip("psutil")
@@ -120,5 +135,8 @@ def test_tree_memory_adds_the_childrens_memory_once_they_exist() -> None:
         check=True,
     )
     peaks = json.loads(done.stdout.strip().splitlines()[-1])
-    assert peaks["before"] is None  # no child yet: no sampling thread, nothing recorded
-    assert peaks["after"] > 200 * 2**20
+    assert peaks["before"] == [None, False]  # no child since the build: nothing sampled
+    persistent_peak, persistent_during = peaks["persistent"]
+    assert persistent_peak > 200 * 2**20 and not persistent_during
+    transient_peak, transient_during = peaks["transient"]
+    assert transient_peak > 200 * 2**20 and transient_during

@@ -169,8 +169,10 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "(55 MB) and the implementation's copies of it. For an implementation that starts "
         "processes of its own (d2l-reference's DataLoader workers, forked from the worker and "
         "sharing most of its pages), *with workers* is the peak of the worker's and its "
-        "children's proportional set sizes summed (each shared page counted once), sampled "
-        "every 0.1 s during epochs; files before it do not have it."
+        "children's proportional set sizes summed (each shared page counted once): sampled "
+        "every 0.1 s during epochs for children that live within one, before each epoch "
+        "for children that live across epochs (data-parallel replicas), never during an "
+        "epoch of an implementation without children; files before it do not have it."
     )
     lines.append(
         f"- **Threads**: every framework was asked for {settings.threads or '?'} threads "
