@@ -260,18 +260,18 @@ class MainRun:
         run.epochs.setup()
         time.sleep(SETTLE_SECONDS)
         before = self.canary()
-        start = time.perf_counter()
-        run.epochs.train()
-        run.seconds.append(time.perf_counter() - start)
+        run.seconds.append(run.epochs.train())
         run.canary_before.append(before)
 
 
 def record_rounds(benchmark, seconds: Sequence[float]) -> None:
     """Give pytest-benchmark's fixture rounds timed outside it, as ``pedantic`` would.
 
-    pytest-benchmark times one test's rounds back to back; the schedule needs
-    every implementation's rounds interleaved, so it times them itself (the same
-    clock) and stores them here, with the fixture's own statistics and storage.
+    pytest-benchmark times one test's rounds back to back, from this process; an
+    epoch's round is the worker's own clock around ``train_epoch`` (the request's
+    round trip is not the framework's), interleaved with the other implementations'
+    by the schedule, so the rounds are stored here, with the fixture's own statistics
+    and storage.
     """
     if not hasattr(benchmark, "_make_stats") or getattr(benchmark, "_mode", None):
         raise RuntimeError(

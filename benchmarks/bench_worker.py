@@ -265,7 +265,9 @@ class Server:
     def cmd_load_batches(self) -> dict[str, object]:
         """Iterate the trainer's own DataLoader for an epoch, no training (d2l-reference)."""
         with self.tree_memory:
-            return {"examples": self.runner.trainer.load_batches()}
+            start = time.perf_counter()
+            examples = self.runner.trainer.load_batches()
+            return {"examples": examples, "seconds": time.perf_counter() - start}
 
     def cmd_evaluate(self) -> dict[str, object]:
         with self.tree_memory:

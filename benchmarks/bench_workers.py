@@ -323,7 +323,7 @@ class WorkerPool:
 
 @dataclass
 class EpochRequests:
-    """A worker's epochs as ``benchmark.pedantic`` wants them: untimed ``setup``, timed ``train``.
+    """A worker's epochs: an untimed ``setup``, then ``train`` timed by the worker's own clock.
 
     ``setup`` evaluates the epoch just trained (when ``evaluate_each_epoch``) and
     draws the next epoch's order; ``train`` is one ``train`` request. The records
@@ -346,9 +346,19 @@ class EpochRequests:
             self._unevaluated = False
         self.request("prepare")
 
-    def train(self) -> None:
-        self.request("train")
+    def train(self) -> float:
+        """Train one epoch; return its seconds by the worker's own clock around ``train_epoch``."""
+        seconds = self.request("train")["record"]["train_seconds"]
         self._unevaluated = True
+        return seconds
+
+    def time_rounds(self, rounds: int) -> list[float]:
+        """``rounds`` epochs, each after its untimed ``setup``; their worker-clock seconds."""
+        seconds = []
+        for _ in range(rounds):
+            self.setup()
+            seconds.append(self.train())
+        return seconds
 
     def warm_up(self, epochs: int) -> None:
         """``epochs`` epochs outside pytest-benchmark's timing; they set the epoch timeout."""

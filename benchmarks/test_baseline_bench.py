@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 import bench_cases
+import bench_schedule
 import bench_workers
 import pytest
 from bench_options import Settings
@@ -54,11 +55,11 @@ def test_loader_alone(
     timeout = bench_workers.epoch_timeout(
         time.perf_counter() - start, settings.epoch_timeout_factor, settings.epoch_timeout_min
     )
-    benchmark.pedantic(
-        lambda: worker.request("load_batches", timeout=timeout),
-        rounds=settings.loader_rounds,
-        iterations=1,
-    )
+    rounds = [
+        worker.request("load_batches", timeout=timeout)["seconds"]
+        for _ in range(settings.loader_rounds)
+    ]
+    bench_schedule.record_rounds(benchmark, rounds)  # the worker's clock, as for epochs
     result = LoaderResult(
         implementation=case.impl,
         device=case.device,

@@ -108,7 +108,7 @@ def _measure(
         timeout_min=settings.epoch_timeout_min,
     )
     epochs.warm_up(warmup)
-    benchmark.pedantic(epochs.train, setup=epochs.setup, rounds=rounds, iterations=1)
+    bench_schedule.record_rounds(benchmark, epochs.time_rounds(rounds))
     return epochs, _fields(case, worker, build, epochs.finish(), warmup=warmup)
 
 

@@ -321,7 +321,9 @@ def test_report_from_a_valid_run(tmp_path: Path, out_dir: Path) -> None:
         assert f"figures/{name}" in markdown
     assert not (out_dir / "figures" / "predictions.png").exists()  # the run has no sample
     assert not list(tmp_path.glob(".reports.tmp-*")), "the staging directory is removed"
-    assert markdown.count("under a millisecond") == 1  # the request's cost, in the Method only
+    # The rounds' clock, said once, in the Method; this run's rounds all have it.
+    assert markdown.count("stored in pytest-benchmark's record") == 1
+    assert "compare such runs with care" not in markdown
 
 
 def test_results_frame_numbers(tmp_path: Path) -> None:
@@ -738,13 +740,18 @@ def test_committed_runs_build_with_their_numbers(tmp_path: Path) -> None:
         assert f"take {number(1000 * floor)} ms" in text
 
 
-@pytest.mark.parametrize(("schema", "worker_clock"), [(2, True), (1, False)])
-def test_method_names_the_clock_of_the_history(tmp_path, out_dir, schema, worker_clock) -> None:
-    """Schema 2 histories are timed by the worker; schema 1 histories by the request."""
+@pytest.mark.parametrize(
+    ("schema", "worker_history", "worker_rounds"),
+    [(4, True, True), (3, True, False), (2, True, False), (1, False, False)],
+)
+def test_method_names_the_clocks(tmp_path, out_dir, schema, worker_history, worker_rounds) -> None:
+    """Histories are timed by the worker from schema 2, timed rounds from schema 4; before,
+    by the request from the pytest process, which the Method says when runs mix them."""
     document = make_run()
     document["fmbench"]["schema"] = schema
     markdown = report.build_report([write(tmp_path / "run.json", document)], out_dir).read_text()
-    assert ("the worker's own clock around `train_epoch`" in markdown) is worker_clock
+    assert ("*First epoch*, *time to accuracy*" in markdown) is worker_history
+    assert ("compare such runs with care" not in markdown) is worker_rounds
 
 
 # ------------------------------------------------- the committed reference report

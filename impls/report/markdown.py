@@ -96,6 +96,17 @@ def _not_measured(runs: Sequence[Run], with_machine: bool) -> list[dict[str, str
     return rows
 
 
+def _round_clock_text(runs: Sequence[Run]) -> str:
+    """Which clock the timed rounds come from, for the runs' schema."""
+    worker = "the worker's own clock around `train_epoch`, stored in pytest-benchmark's record"
+    if all(run.fmbench.schema >= 4 for run in runs):
+        return worker
+    return (
+        f"from schema 4 {worker}; before, the pytest process's clock around the request, "
+        "which added its round trip (1 to 30 ms): *compare such runs with care*"
+    )
+
+
 def _clocks_text(runs: Sequence[Run]) -> str:
     """Which clock the history's seconds come from, for the runs' schema."""
     if all(run.fmbench.schema >= 2 for run in runs):
@@ -128,9 +139,9 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "initialisation, and compilation where a framework compiles on first call: reported "
         "as *first epoch*; JAX compiles ahead of time, while the trainer is built, which "
         "*Time to result* counts) and the other "
-        f"{timed} are the timed rounds (pytest-benchmark pedantic mode, one epoch per round, "
-        "timed from the pytest process: the request to the worker adds well under a "
-        "millisecond); with several seeds every seed's timed rounds are pooled. The test "
+        f"{timed} are the timed rounds (one epoch per round, "
+        + _round_clock_text(runs)
+        + "); with several seeds every seed's timed rounds are pooled. The test "
         "set is evaluated between rounds, outside the timing. *Epoch* "
         "is the median round, *IQR* the interquartile range of the rounds; *examples/s* = "
         "training examples / median."
