@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -18,6 +15,7 @@ import pytest
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 
+from fresh_process import fresh_runtime_infos  # noqa: E402
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import jax_optax, jax_support, numpy_softmax  # noqa: E402
@@ -218,38 +216,12 @@ def test_runtime_info(tiny_data, default_config):
     json.dumps(info)  # reports store it as JSON
 
 
-_SUBPROCESS = textwrap.dedent(
-    """
-    import json
-    import numpy as np
-    from impls import jax_optax
-    from impls.config import TrainConfig
-    from impls.data import FashionMNIST
-    from impls.training import init_params
-
-    rng = np.random.default_rng(0)
-    data = FashionMNIST(
-        rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 10, 300),
-        rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
-    )
-    infos = []
-    for threads in (1, 2):  # the first trainer sizes XLA's pools; the second cannot change them
-        config = TrainConfig(threads=threads)
-        trainer = jax_optax.make_trainer(data, init_params(config), config)
-        infos.append(dict(trainer.runtime_info()))
-    print(json.dumps(infos))
-    """
-)
-
-
 def _fresh_process(cache_dir) -> list[dict]:
-    """The runtime_info of a first trainer (1 thread) and a second (2) in a new process."""
-    env = {**os.environ, jax_support.CACHE_DIR_ENV: str(cache_dir)}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS], env=env, capture_output=True, text=True, check=True
+    """The runtime_info of a first trainer (1 thread) and a second (2) in a new process:
+    the first sizes XLA's pools, the second cannot change them."""
+    return fresh_runtime_infos(
+        "impls.jax_optax", jax_support.CACHE_DIR_ENV, cache_dir, unset="JAX_COMPILATION_CACHE_DIR"
     )
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_fresh_processes_cold_then_warm_cache_and_threads(tmp_path):

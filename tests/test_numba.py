@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
 
+from fresh_process import fresh_runtime_infos  # noqa: E402
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import numba_fused, numba_support, numpy_softmax  # noqa: E402
@@ -235,38 +235,16 @@ def test_threads_are_applied_and_capped(tiny_data):
     assert info["threads_applied"] is False and "NUMBA_NUM_THREADS" in info["threads_how"]
 
 
-_SUBPROCESS = textwrap.dedent(
-    """
-    import json
-    import numpy as np
-    from impls import numba_fused
-    from impls.config import TrainConfig
-    from impls.data import FashionMNIST, MinibatchOrder
-    from impls.training import init_params
-
-    rng = np.random.default_rng(0)
-    data = FashionMNIST(
-        rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 10, 300),
-        rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
-    )
-    infos = []
-    for threads in (1, 2):  # the second trainer finds the kernels compiled in this process
-        config = TrainConfig(threads=threads)
-        trainer = numba_fused.make_trainer(data, init_params(config), config)
-        trainer.train_epoch(MinibatchOrder(300, 0).epoch(0))
-        infos.append(dict(trainer.runtime_info()))
-    print(json.dumps(infos))
-    """
-)
-
-
 def _fresh_process(cache_dir) -> list[dict]:
-    env = {**os.environ, numba_support.CACHE_DIR_ENV: str(cache_dir)}
-    env.pop("NUMBA_CACHE_DIR", None)
-    result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS], env=env, capture_output=True, text=True, check=True
+    """The runtime_info of a first trainer (1 thread) and a second (2) in a new process, each
+    after an epoch: the second finds the kernels compiled in that process."""
+    return fresh_runtime_infos(
+        "impls.numba_fused",
+        numba_support.CACHE_DIR_ENV,
+        cache_dir,
+        unset="NUMBA_CACHE_DIR",
+        train_first_epoch=True,
     )
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_fresh_processes_cold_then_warm_cache(tmp_path):
