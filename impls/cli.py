@@ -295,10 +295,12 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path, w
 
     def report_epoch(record) -> None:
         bar.update()
+        communication = record.communication_seconds
         tqdm.write(
             f"epoch {record.epoch:3d}  train loss {record.train_loss:.4f}  "
             f"train acc {record.train_accuracy:.4f}  test acc {record.test_accuracy:.4f}  "
             f"{record.train_seconds:.3f} s"
+            + ("" if communication is None else f" ({communication:.3f} s all-reduce)")
         )
 
     try:

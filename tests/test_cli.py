@@ -367,9 +367,11 @@ def test_train_over_replicas_reaches_one_replicas_accuracy(
 ):
     out = tmp_path / "two-replicas"
     assert main(replicas_run_argv(2, out)) == 0
-    assert "with 2 threads over 2 replicas" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "with 2 threads over 2 replicas" in stdout and " s all-reduce)" in stdout
     history = json.loads((out / "history.json").read_text())
     assert history["config"]["replicas"] == 2
+    assert history["records"][0]["communication_seconds"] > 0
     runtime = history["runtime"]
     assert runtime["replicas"] == 2 and runtime["backend"] == "gloo"
     assert runtime["threads_per_replica"] == 1
