@@ -164,12 +164,17 @@ class EpochRecord(Stored):
     test_accuracy: float | None
     train_seconds: float  # Trainer.train_epoch alone, in the process that trains
     eval_seconds: float | None
+    # Of train_seconds, those a replica spent combining gradients (EpochStats'; None: one
+    # device, or not measured).
+    communication_seconds: float | None = None
 
     def validate(self, where: str) -> None:
         check_fraction(self.train_accuracy, f"{where}.train_accuracy")
         check_fraction(self.test_accuracy, f"{where}.test_accuracy")
-        if self.train_seconds < 0:
-            raise ResultError(f"{where}.train_seconds is {self.train_seconds}, negative")
+        for name in ("train_seconds", "communication_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ResultError(f"{where}.{name} is {value}, negative")
 
 
 def cumulative_train_seconds(history: Sequence[EpochRecord]) -> list[float]:
