@@ -247,6 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
         registry.check_replicas(args.impl, config.replicas)
     except ConfigError as error:
         raise UsageError(str(error)) from None
+    # Before the framework starts (JAX's host devices for CPU replicas): later is too late.
+    os.environ.update(registry.environment_for(args.impl, config))
     implementation.load()  # fail early, before loading data, if the framework is missing
     out = args.out or Path("runs") / args.impl
     made = _prepare_out(out)
@@ -299,6 +301,7 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -
         f"{args.impl}: final test accuracy {history.final.test_accuracy:.4f} "
         f"after {config.epochs} epochs{size}; median epoch {median:.3f} s on {config.device} "
         f"with {config.threads} thread{'s' if config.threads != 1 else ''}"
+        + (f" over {config.replicas} replicas" if config.replicas > 1 else "")
     )
     _write_outputs(history, trainer, data, out)
     return 0

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 _FLAG_PATTERN = re.compile(rf"{HOST_DEVICE_FLAG}=\S*")
+_COUNT_PATTERN = re.compile(rf"{HOST_DEVICE_FLAG}=(\d+)")
 
 
 def xla_host_devices(
@@ -32,3 +33,9 @@ def xla_host_devices(
         return {}
     others = _FLAG_PATTERN.sub("", environ.get("XLA_FLAGS", "")).split()
     return {"XLA_FLAGS": " ".join([*others, f"{HOST_DEVICE_FLAG}={config.replicas}"])}
+
+
+def flagged_host_devices(environ: Mapping[str, str] = os.environ) -> int:
+    """The CPU device count ``XLA_FLAGS`` in ``environ`` gives JAX (1 without the flag)."""
+    counts = _COUNT_PATTERN.findall(environ.get("XLA_FLAGS", ""))
+    return int(counts[-1]) if counts else 1

@@ -21,7 +21,7 @@ optax = pytest.importorskip("optax")
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import jax_optax, jax_support, numpy_softmax  # noqa: E402
-from impls.config import TrainConfig  # noqa: E402
+from impls.config import ConfigError, TrainConfig  # noqa: E402
 from impls.data import FashionMNIST, MinibatchOrder, split_batches, to_float32  # noqa: E402
 from impls.protocol import DeviceUnavailableError, Params  # noqa: E402
 from impls.registry import train  # noqa: E402
@@ -280,3 +280,65 @@ def test_default_run_reaches_the_books_accuracy(real_data, default_config):
     assert len(history.records) == 10
     assert history.final.test_accuracy >= 0.82
     assert trainer.parameters().weights.dtype == np.float32
+
+
+# ------------------------------------------------------------ data-parallel replicas
+
+
+def test_replicas_beyond_the_devices_jax_started_with_are_a_clear_error(tiny_data):
+    """This process's JAX has its CPU devices already: more replicas cannot be had any more."""
+    devices = len(jax.devices("cpu"))  # started here if nothing started it before
+    config = TrainConfig(threads=devices + 1, replicas=devices + 1)
+    flag = f"XLA_FLAGS=--xla_force_host_platform_device_count={devices + 1}"
+    with pytest.raises(ConfigError, match=f"JAX started with {devices} in this process.*{flag}"):
+        jax_optax.make_trainer(tiny_data, init_params(config), config)
+
+
+def test_one_replica_has_no_communication_to_measure(tiny_data, default_config):
+    trainer = jax_optax.make_trainer(tiny_data, init_params(default_config), default_config)
+    with pytest.raises(ValueError, match="one replica"):
+        trainer.measure_communication(MinibatchOrder(tiny_data.num_train, 0).epoch(0))
+
+
+_REPLICAS = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from impls import jax_optax
+    from impls.config import TrainConfig
+    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.training import init_params
+
+    rng = np.random.default_rng(0)
+    data = FashionMNIST(
+        rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
+        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), rng.integers(0, 10, 100),
+    )
+    config = TrainConfig(threads=2, replicas=2, batch_size=64)
+    trainer = jax_optax.make_trainer(data, init_params(config), config)
+    before = trainer.parameters()
+    measured = trainer.measure_communication(MinibatchOrder(600, 0).epoch(0))
+    untouched = bool(np.array_equal(trainer.parameters().weights, before.weights))
+    print(json.dumps({"info": dict(trainer.runtime_info()), "measured": measured,
+                      "untouched": untouched}))
+    """
+)
+
+
+def test_replicas_in_a_fresh_process_without_xla_flags(tmp_path):
+    """A first trainer asks JAX for its host devices itself; runtime_info says where it runs,
+    and the communication is measured apart, leaving the trainer as it was."""
+    env = {**os.environ, jax_support.CACHE_DIR_ENV: str(tmp_path / "cache")}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _REPLICAS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    info, measured = out["info"], out["measured"]
+    assert info["replicas"] == 2 and info["devices"] == ["cpu:0", "cpu:1"]
+    assert info["threads"] == 2 and info["threads_per_replica"] == 1
+    assert "batch split over 2 devices" in info["strategy"]
+    assert 0 < measured["collective_seconds"] < measured["profiled_epoch_seconds"]
+    assert measured["all_reduce_alone_seconds"] > 0
+    assert out["untouched"]

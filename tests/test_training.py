@@ -202,3 +202,11 @@ def test_jax_replicas_on_the_cpu_need_host_devices_before_jax_starts():
     assert registry.environment_for("jax", TrainConfig()) == {}
     assert registry.environment_for("jax", config.replace(device="cuda")) == {}
     assert registry.environment_for("numpy", config) == {}
+    assert registry.environment_for("jax-step", config) == registry.environment_for("jax", config)
+
+
+def test_the_host_device_count_xla_flags_give():
+    assert host_devices.flagged_host_devices({}) == 1
+    assert host_devices.flagged_host_devices({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) == 1
+    flags = "--xla_force_host_platform_device_count=8 --xla_force_host_platform_device_count=3"
+    assert host_devices.flagged_host_devices({"XLA_FLAGS": flags}) == 3  # the last one counts
