@@ -245,10 +245,10 @@ def run_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     try:
         registry.check_replicas(args.impl, config.replicas)
+        # Set before the framework starts (JAX's host devices for CPU replicas): later is late.
+        os.environ.update(registry.environment_for(args.impl, config))
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    # Before the framework starts (JAX's host devices for CPU replicas): later is too late.
-    os.environ.update(registry.environment_for(args.impl, config))
     implementation.load()  # fail early, before loading data, if the framework is missing
     out = args.out or Path("runs") / args.impl
     made = _prepare_out(out)

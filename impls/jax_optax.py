@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
-from impls import jax_parallel, jax_support
+from impls import host_devices, jax_parallel, jax_support
 from impls.config import TrainConfig
 from impls.data import FashionMNIST, batch_bounds, check_order, pixels_per_image, to_float32
 from impls.jax_parallel import split_rows
@@ -221,9 +221,13 @@ class JaxTrainer:
     ) -> None:
         self._config, self._per_step = config, per_step
         on_cpu = config.device.lower() == "cpu"
-        self._setup = jax_support.initialise_backends(
-            config.threads, config.replicas if on_cpu else 1
-        )
+        # In a run over several processes (host_devices.jax_processes), each holds an equal
+        # share of the replicas and of the threads.
+        group = host_devices.jax_processes()
+        self._processes = 1 if group is None else group.processes
+        local = host_devices.local_replicas(config.replicas, group)
+        self._threads = None if config.threads is None else config.threads // self._processes
+        self._setup = jax_support.initialise_backends(self._threads, local if on_cpu else 1, group)
         self._placement = jax_parallel.place(
             jax_support.select_devices(config.device, config.replicas)
         )
@@ -246,7 +250,8 @@ class JaxTrainer:
         self._epoch_jit = jax.jit(partial(epoch_fn, self._optimizer, config.batch_size, rows))
         self._step_jit = jax.jit(partial(gathered_step, self._optimizer, rows))
         self._predict_jit = jax.jit(
-            lambda params, x: jnp.argmax(forward(params, split_rows(x, rows)), axis=1)
+            lambda params, x: jnp.argmax(forward(params, split_rows(x, rows)), axis=1),
+            out_shardings=self._placement.replicated,  # every process may read it
         )
         self._programs: dict[tuple[str, int], Callable[..., Any]] = {}
         # Compile now, so that the first epoch times training only: the epoch, or the step
@@ -383,7 +388,8 @@ class JaxTrainer:
             "threads_per_replica": self._config.threads_per_replica if on_cpu else None,
             **jax_support.versions(),
             "optax": optax.__version__,
-            **jax_support.threads_info(self._device, self._config.threads, self._setup),
+            "processes": self._processes,
+            **jax_support.threads_info(self._device, self._threads, self._setup),
             **self._compiler.info(),
         }
 

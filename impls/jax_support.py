@@ -72,9 +72,12 @@ def backends_initialized() -> bool:
     return bool(probe()) if probe is not None else bool(getattr(xla_bridge, "_backends", {}))
 
 
-def initialise_backends(threads: int | None, cpu_devices: int = 1) -> dict[str, Any]:
-    """Start JAX's backends once, with CPU pools of ``threads`` workers where possible, and
-    at least ``cpu_devices`` CPU devices where ``XLA_FLAGS`` does not already give them.
+def initialise_backends(
+    threads: int | None, cpu_devices: int = 1, group: host_devices.ProcessGroup | None = None
+) -> dict[str, Any]:
+    """Start JAX's backends once, with CPU pools of ``threads`` workers where possible, at
+    least ``cpu_devices`` CPU devices where ``XLA_FLAGS`` does not already give them, and
+    joined to the other processes of ``group`` (this process's share in each count).
 
     Returns (and remembers) what was done: ``pool_threads`` is the number of
     cores the pools were sized from (None when unknown), ``how`` says why.
@@ -82,11 +85,13 @@ def initialise_backends(threads: int | None, cpu_devices: int = 1) -> dict[str, 
     global _backend_setup
     with _backend_lock:
         if _backend_setup is None:
-            _backend_setup = _start_backends(threads, cpu_devices)
+            _backend_setup = _start_backends(threads, cpu_devices, group)
         return _backend_setup
 
 
-def _start_backends(threads: int | None, cpu_devices: int) -> dict[str, Any]:
+def _start_backends(
+    threads: int | None, cpu_devices: int, group: host_devices.ProcessGroup | None
+) -> dict[str, Any]:
     if backends_initialized():
         return {
             "pool_threads": None,
@@ -94,6 +99,8 @@ def _start_backends(threads: int | None, cpu_devices: int) -> dict[str, Any]:
             "XLA's CPU pools kept the size they got then (by default, one worker per "
             "schedulable core)",
         }
+    if group is not None:
+        _join_processes(group)
     _request_host_devices(cpu_devices)
     if not hasattr(os, "sched_setaffinity"):
         jax.devices()
@@ -128,6 +135,13 @@ def _start_backends(threads: int | None, cpu_devices: int) -> dict[str, Any]:
         f"backends initialised, so XLA sized its CPU pools to {threads}; affinity then "
         f"restored and {unpinned} new threads un-pinned",
     }
+
+
+def _join_processes(group: host_devices.ProcessGroup) -> None:
+    """Join a run spread over ``group``'s processes (``jax.distributed``; CPU collectives by
+    gloo over TCP); a process missing after 5 minutes is JAX's error."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(group.coordinator, group.processes, group.process_id)
 
 
 def _request_host_devices(count: int) -> None:
@@ -204,8 +218,9 @@ def select_device(name: str) -> jax.Device:
 
 
 def select_devices(name: str, count: int) -> list[jax.Device]:
-    """The first ``count`` devices of platform ``name`` (or ``gpu``): a DeviceUnavailableError
-    when the platform is absent, a ConfigError when it has fewer devices."""
+    """The first ``count`` devices of platform ``name`` (or ``gpu``), an equal share from each
+    process of a multi-process run: a DeviceUnavailableError when the platform is absent, a
+    ConfigError when it has fewer devices."""
     wanted = name.lower()
     present = present_platforms()
     candidates = GPU_PLATFORMS if wanted == "gpu" else (wanted,)
@@ -215,16 +230,26 @@ def select_devices(name: str, count: int) -> list[jax.Device]:
             f"JAX has no {name!r} device here; platforms present: {', '.join(present) or 'none'} "
             f"(known: {', '.join(PLATFORMS)}, and gpu for any GPU)"
         )
-    devices = jax.devices(platform)
-    if len(devices) >= count:
-        return devices[:count]
+    processes = jax.process_count()
+    local = count // processes
+    if count % processes:
+        raise ConfigError(f"{count} replicas cannot be shared equally by {processes} processes")
+    by_process = [
+        [device for device in jax.devices(platform) if device.process_index == process][:local]
+        for process in range(processes)
+    ]
+    fewest = min(len(devices) for devices in by_process)
+    if fewest == local:
+        return [device for devices in by_process for device in devices]
     if platform == "cpu":
         raise ConfigError(
-            f"{count} replicas need {count} JAX CPU devices, but JAX started with "
-            f"{len(devices)} in this process: start the process with "
-            f"XLA_FLAGS={host_devices.HOST_DEVICE_FLAG}={count} (fmbench train sets it)"
+            f"{local} replicas need {local} JAX CPU devices, but JAX started with "
+            f"{fewest} in this process: start the process with "
+            f"XLA_FLAGS={host_devices.HOST_DEVICE_FLAG}={local} (fmbench train sets it)"
         )
-    raise ConfigError(f"{count} replicas need {count} {platform} devices; JAX sees {len(devices)}")
+    raise ConfigError(
+        f"{local} replicas need {local} {platform} devices a process; JAX sees {fewest}"
+    )
 
 
 # ---------------------------------------------------------------- compilation
