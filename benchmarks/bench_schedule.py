@@ -24,6 +24,7 @@ its own benchmark with :func:`record_rounds`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -133,7 +134,8 @@ class CaseRun:
 
 
 class MainRun:
-    """Builds, warms up and times every case of the main run in one schedule.
+    """Builds, warms up and times every case of the main run in one schedule (or of one
+    implementation's replicas sweep: :class:`ReplicaSweep`).
 
     Nothing runs until the first case's test asks for its :meth:`outcome`; a case
     that fails (a missing framework, a worker that dies or hangs) keeps its error
@@ -264,6 +266,43 @@ class MainRun:
         run.epochs.train()
         run.seconds.append(time.perf_counter() - start)
         run.canary_before.append(before)
+
+
+class ReplicaSweep:
+    """The replicas sweep: each implementation's points (R replicas) in a schedule of their own.
+
+    Run the main run's way (:class:`MainRun`) on the sweep's epochs and the first seed: every
+    point of one implementation and device built and warmed up, its workers alive together,
+    then visits alternating between the points in the run's ``--schedule``, so a spell of the
+    host hits R=1 and R=2 alike and their ratio holds. One implementation at a time: no other
+    implementation's replicas stand idle beside its epochs.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        workers: bench_workers.WorkerPool,
+        cases: Sequence[Case],
+        *,
+        reused: frozenset[tuple] = frozenset(),
+    ) -> None:
+        self.settings = dataclasses.replace(
+            settings, epochs=settings.replica_epochs, seeds=settings.seeds[:1], inject_spells=()
+        )
+        self.workers, self.cases, self.reused = workers, list(cases), reused
+        self._schedules: dict[tuple[str, str], MainRun] = {}
+
+    def outcome(self, case: Case) -> CaseRun:
+        """``case``'s part of its implementation's sweep, running the sweep the first time."""
+        key = (case.impl, case.device)
+        if key not in self._schedules:
+            points = [other for other in self.cases if (other.impl, other.device) == key]
+            self.workers.keep_only(points)
+            self._schedules[key] = MainRun(self.settings, self.workers, points, reused=self.reused)
+        return self._schedules[key].outcome(case)
+
+    def release(self, case: Case) -> None:
+        self._schedules[(case.impl, case.device)].release(case)
 
 
 def record_rounds(benchmark, seconds: Sequence[float]) -> None:

@@ -114,6 +114,7 @@ class EpochRunner:
             test_accuracy=None,
             train_seconds=seconds,
             eval_seconds=None,
+            communication_seconds=stats.communication_seconds,
         )
         self.history.append(record)
         return record

@@ -183,6 +183,27 @@ def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data, monke
         np.testing.assert_array_equal(seen, order.epoch(epoch))
 
 
+class _CommunicatingTrainer(_ScriptedTrainer):
+    """Reports the seconds its (pretend) replicas spent combining gradients, per epoch."""
+
+    def __init__(self, communication):
+        super().__init__([0.5] * len(communication))
+        self.communication = list(communication)
+
+    def train_epoch(self, order):
+        stats = super().train_epoch(order)
+        return EpochStats(stats.loss, stats.accuracy, self.communication.pop(0))
+
+
+def test_epoch_runner_records_the_communication_seconds_a_trainer_reports(tiny_data):
+    runner = EpochRunner(_CommunicatingTrainer([0.03, None]), TrainConfig(), tiny_data.num_train)
+    runner.train()
+    runner.train()
+    assert [r.communication_seconds for r in runner.history] == [0.03, None]
+    history = fit(_ScriptedTrainer([0.9]), tiny_data, TrainConfig(epochs=1))
+    assert history.final.communication_seconds is None  # one device: nothing to combine
+
+
 def test_epoch_runner_refuses_a_diverging_epoch_before_recording_it(tiny_data):
     runner = EpochRunner(_ScriptedTrainer([math.inf]), TrainConfig(), tiny_data.num_train)
     with pytest.raises(DivergenceError, match="epoch 1"):
