@@ -260,6 +260,15 @@ class Server:
         with self.tree_memory:
             return {"record": self.runner.evaluate().as_dict()}
 
+    def cmd_measure_communication(self) -> dict[str, object]:
+        """What combining gradients costs, measured apart from any timed epoch by the trainer's
+        own ``measure_communication`` over the next epoch's order (None: it has none)."""
+        measure = getattr(self.runner.trainer, "measure_communication", None)
+        if measure is None:
+            return {"communication": None}
+        order = self.runner.order.epoch(len(self.runner.history))
+        return {"communication": dict(measure(order))}
+
     def cmd_history(self) -> dict[str, object]:
         return {"history": [record.as_dict() for record in self.runner.history]}
 

@@ -375,6 +375,15 @@ class EpochRequests:
         """Any other request to the worker, under the epoch timeout once it is known."""
         return self.worker.request(cmd, timeout=self._timeout, **fields)
 
+    def memory(self) -> dict:
+        """The worker's peak memory so far, as :class:`impls.results.TrainingResult` fields."""
+        info = self.request("info")
+        return {
+            "peak_rss_bytes": info["peak_rss_bytes"],
+            "peak_rss_children_bytes": info["peak_rss_children_bytes"],
+            "peak_tree_pss_bytes": info["peak_tree_pss_bytes"],
+        }
+
     def finish(self) -> list[EpochRecord]:
         """Evaluate the last epoch; return every epoch's record."""
         if self._unevaluated:

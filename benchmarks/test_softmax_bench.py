@@ -78,15 +78,6 @@ def test_compute_floor(benchmark, settings: Settings, dataset) -> None:
     benchmark.extra_info.update(to_extra_info(result))
 
 
-def _memory(epochs: bench_workers.EpochRequests) -> dict:
-    info = epochs.request("info")
-    return {
-        "peak_rss_bytes": info["peak_rss_bytes"],
-        "peak_rss_children_bytes": info["peak_rss_children_bytes"],
-        "peak_tree_pss_bytes": info["peak_tree_pss_bytes"],
-    }
-
-
 def _measure(
     benchmark,
     settings: Settings,
@@ -153,7 +144,8 @@ def _scheduled(benchmark, settings: Settings, schedule, case: bench_cases.Case) 
         predictions=run.predictions,
         spell_rounds=run.spell_rounds,
         more_seeds=[SeedRun(seed, seed_history) for seed, seed_history in more] or None,
-        **_memory(run.epochs),
+        communication_apart=run.communication_apart,
+        **(run.memory or run.epochs.memory()),
     )
     schedule.release(case)
     benchmark.extra_info.update(to_extra_info(result))

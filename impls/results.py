@@ -282,6 +282,9 @@ class TrainingResult(Stored):
     loader_workers: int | None = None  # DataLoader workers asked for ("loader" kind)
     # Data-parallel replicas sharing ``threads`` (TrainConfig.replicas); files before it: 1.
     replicas: int = 1
+    # What combining the replicas' gradients costs, in seconds by name, measured apart from
+    # the timed epochs by the trainer's own ``measure_communication`` (None: it has none).
+    communication_apart: dict[str, float | None] | None = None
 
     def validate(self, where: str) -> None:
         check_positive(self.size, f"{where}.size")

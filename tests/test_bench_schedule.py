@@ -46,6 +46,11 @@ class FakeWorker:
             return {"history": [RECORD] * self.trains}
         if cmd == "predict":
             return {"predictions": [self.trains % 10] * fields["count"]}
+        if cmd == "info":
+            return {"peak_rss_bytes": 100 + self.trains, "peak_rss_children_bytes": 0,
+                    "peak_tree_pss_bytes": None}  # fmt: skip
+        if cmd == "measure_communication":
+            return {"communication": {"after_epochs_seconds": float(self.trains)}}
         return {}
 
 
@@ -227,6 +232,10 @@ def test_the_replicas_sweep_alternates_each_implementations_points() -> None:
     assert all(log[i : i + 3] == [log[i]] * 3 for i in range(2, len(log), 3))
     second = sweep.outcome(cases[1])
     assert len(first.seconds) == len(second.seconds) == 4 and second.error is None
+    # R=2's communication measured apart once its epochs were done, its memory taken before.
+    assert second.communication_apart == {"after_epochs_seconds": 7.0}
+    assert second.memory["peak_rss_bytes"] == 107
+    assert first.communication_apart is None and first.memory is None
     assert [seed for seed, _ in first.histories] == [5]
     sweep.outcome(cases[2])
     assert pool.kept == [[a1, a2], [b1, b2]] and log.count(b1) == log.count(b2) == 7

@@ -212,6 +212,10 @@ class StandInTrainer:
         time.sleep(COMBINE_SECONDS)
         return EpochStats(stats.loss, stats.accuracy, communication_seconds=COMBINE_SECONDS)
 
+    def measure_communication(self, order):
+        assert sorted(order) == list(range(len(order))), "not an epoch's order"
+        return {"sleep_seconds": COMBINE_SECONDS, "unmeasurable_seconds": None}
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
@@ -273,6 +277,8 @@ def test_the_replicas_sweep_alternates_its_points_and_skips_what_cannot_fit(
         assert all(record.test_accuracy is not None for record in case.history)
     assert all(r.communication_seconds is None for r in cases[1].history)
     assert all(r.communication_seconds == 0.002 for r in cases[2].history)
+    assert cases[1].communication_apart is None  # asked of R > 1 only, after its epochs
+    assert cases[2].communication_apart == {"sleep_seconds": 0.002, "unmeasurable_seconds": None}
     # Both points trained the same epochs from the same seed: the same accuracy.
     assert cases[1].final_test_accuracy == cases[2].final_test_accuracy
     (skipped,) = [t for t in document["fmbench"]["tests"] if t["outcome"] == "skipped"]

@@ -28,7 +28,7 @@ from test_report import (
 )
 
 from impls import report
-from impls.report.replicas import NO_CLOCK, replicas_section
+from impls.report.replicas import NO_CLOCK, UNSAID_CLOCK, replicas_section
 from impls.report.runs import load_run
 from impls.report.text import number, rounded
 from impls.results import EpochRecord, ResultError, TrainingResult, from_extra_info, to_extra_info
@@ -180,8 +180,31 @@ def test_the_section_sets_each_point_against_one_replica(tmp_path: Path) -> None
     assert jax["communication [s/epoch]"] == "not measured"
     assert jax["Δ acc. vs 1"] == "+0.0001"
     text = "\n".join(lines)
-    assert f"- *torch-nn*: {CLOCK}." in text and f"- *jax*: {NO_CLOCK}." in text
+    assert f"- *torch-nn*: {CLOCK}." in lines and f"- *jax*: {NO_CLOCK}." in lines
     assert "the run's 2 threads shared as threads/R per replica" in text
+
+
+def test_a_measurement_apart_from_the_epochs_is_given_below_the_table(tmp_path: Path) -> None:
+    document = with_sweep(make_run())
+    (jax,) = [b for b in document["benchmarks"] if b["name"] == "test_replicas[jax-cpu-replicas2]"]
+    jax["extra_info"]["communication_apart"] = {
+        "collective_seconds": 0.012, "profiled_epoch_seconds": 0.09, "on_a_gpu_seconds": None,
+    }  # fmt: skip
+    jax["extra_info"]["runtime"]["communication_clock"] = "XLA's all-reduce inside the epoch"
+    lines = replicas_section([load_run(write(tmp_path / "run.json", document))], multi=False)
+    assert table_rows(lines)[("jax", 2)]["communication [s/epoch]"] == "measured apart (below)"
+    assert (
+        "- *jax*: XLA's all-reduce inside the epoch; measured apart from the timed epochs, "
+        "untimed: collective 0.012 s, profiled epoch 0.090 s, on a gpu — at 2 replicas."
+    ) in lines
+
+
+def test_a_clock_the_trainer_does_not_describe_is_said_to_be_its_own(tmp_path: Path) -> None:
+    document = with_sweep(make_run())
+    for benchmark in document["benchmarks"]:
+        benchmark["extra_info"].get("runtime", {}).pop("communication_clock", None)
+    lines = replicas_section([load_run(write(tmp_path / "run.json", document))], multi=False)
+    assert f"- *torch-nn*: {UNSAID_CLOCK}." in lines and f"- *jax*: {NO_CLOCK}." in lines
 
 
 def test_a_point_without_its_reference_has_no_speed_up(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from impls.run_info import RegistryEntry, timed_epoch_numbers
 # the engine leaves nothing to time apart.
 CLOCK_KEY = "communication_clock"
 NO_CLOCK = "the trainer reports no clock of its own for combining gradients"
+UNSAID_CLOCK = "timed by the trainer, which does not say what its clock covers"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def replicas_table(run: Run, *, with_machine: bool):
             if replicas == 1:
                 seconds = share = "— (one replica)"
             elif measured is None:
-                seconds, share = "not measured", "—"
+                apart = any(v is not None for v in (case.communication_apart or {}).values())
+                seconds, share = ("measured apart (below)" if apart else "not measured"), "—"
             else:
                 seconds, share = number(measured[0], 2), f"{measured[1]:.1%}"
             accuracy = case.final_test_accuracy
@@ -126,17 +128,40 @@ def replicas_table(run: Run, *, with_machine: bool):
     return pd.DataFrame(rows) if rows else None
 
 
+def _apart_text(measured: dict[str, float | None]) -> str:
+    """A trainer's measurements apart from the epochs, by name: 'collective 0.012 s, ...'."""
+    parts = [
+        f"{name.removesuffix('_seconds').replace('_', ' ')} "
+        + ("—" if seconds is None else f"{number(seconds, 2)} s")
+        for name, seconds in measured.items()
+    ]
+    return ", ".join(parts)
+
+
 def _clock_lines(runs: Sequence[Run]) -> list[str]:
-    """What each engine's communication clock covers, or why it has none, once each."""
-    said: dict[str, str] = {}
+    """Per implementation (and run, when several): what its communication clock covers, or
+    why it has none, and what its trainer measured apart from the timed epochs."""
+    lines = []
     for run in runs:
         for (impl, device), points in sorted(replica_points(run).items()):
-            for replicas, point in sorted(points.items()):
-                if replicas > 1:
-                    name = impl if device == "cpu" else f"{impl} ({device})"
-                    clock = point.case.runtime.get(CLOCK_KEY)
-                    said.setdefault(name, str(clock) if clock else NO_CLOCK)
-    return [f"- *{name}*: {clock}." for name, clock in said.items()]
+            name = impl if device == "cpu" else f"{impl} ({device})"
+            if len(runs) > 1:
+                name += f", {run.label}"
+            beyond = [(r, p) for r, p in sorted(points.items()) if r > 1]
+            if not beyond:
+                continue
+            clock = beyond[0][1].case.runtime.get(CLOCK_KEY)
+            timed = any(p.communication(run.settings.schedule) for _, p in beyond)
+            text = str(clock) if clock else (UNSAID_CLOCK if timed else NO_CLOCK)
+            apart = [
+                f"{_apart_text(p.case.communication_apart)} at {plural(r, 'replica')}"
+                for r, p in beyond
+                if p.case.communication_apart
+            ]
+            if apart:
+                text += "; measured apart from the timed epochs, untimed: " + "; ".join(apart)
+            lines.append(f"- *{name}*: {text}.")
+    return lines
 
 
 def replicas_section(runs: Sequence[Run], *, multi: bool) -> list[str]:
@@ -165,7 +190,9 @@ def replicas_section(runs: Sequence[Run], *, multi: bool) -> list[str]:
         "*Communication*: the median, over the timed epochs, of the seconds the trainer "
         "itself timed combining gradients (the clock around `train_epoch` in the process that "
         "trains), and the median of its share of those epochs; *not measured* where the "
-        "engine leaves nothing to time apart. *Peak RSS*: the worker's, and with the "
+        "engine leaves nothing to time apart inside an epoch (XLA's all-reduce inside a compiled "
+        "program), *measured apart* where the trainer measured it outside the timed epochs "
+        "instead (below). *Peak RSS*: the worker's, and with the "
         "processes it started (DDP's replicas), their proportional set sizes summed. What "
         "each clock covers:",
         "",
