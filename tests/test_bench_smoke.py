@@ -301,3 +301,31 @@ def test_the_replicas_sweep_alternates_its_points_and_skips_what_cannot_fit(
     assert "a sleep of 2 ms after each epoch" in section
     csv = pd.read_csv(tmp_path / "report" / "results.csv")
     assert sorted(csv["replicas"]) == [1, 2]
+
+
+def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
+    """torch-nn on DistributedDataParallel at 1 and 2 replicas of one thread each: the same
+    accuracy, the communication timed, the replica processes' memory counted."""
+    pytest.importorskip("torch")
+    from impls import registry
+
+    assert registry.get("torch-nn").data_parallel, "torch-nn has no data-parallel engine"
+    run_json = run_bench(
+        tmp_path, "--impl", "torch-nn", "--quick", "--no-startup", "--threads", "2",
+        "--replicas", "2", "-k", "test_replicas",
+    )  # fmt: skip
+    document = json.loads(run_json.read_text())
+    cases = {
+        case.replicas: case
+        for case in (from_extra_info(b["extra_info"]) for b in document["benchmarks"])
+    }
+    assert sorted(cases) == [1, 2]
+    one, two = cases[1], cases[2]
+    assert two.threads_per_replica == 1 and two.runtime["threads_per_replica"] == 1
+    assert two.final_test_accuracy == pytest.approx(one.final_test_accuracy, abs=1e-3)
+    assert all(r.communication_seconds is None for r in one.history)
+    assert all(r.communication_seconds > 0 for r in two.history)
+    # DDP's replicas are processes the worker started: counted in its tree's memory.
+    assert two.peak_tree_pss_bytes > two.peak_rss_bytes
+    markdown = report.build_report([run_json], tmp_path / "report").read_text()
+    assert "## Data parallel" in markdown
