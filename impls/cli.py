@@ -16,6 +16,10 @@ raised while training, a write after training) exit with status 1 and one line.
 The history of a finished run is never lost: when ``--out`` cannot take it
 after all, it goes to the system's temporary folder, or to stdout, and the line
 says where.
+
+Started by torchrun, ``fmbench train`` is one replica of a data-parallel run
+(``--replicas`` must be torchrun's world size): every rank trains its share, rank 0
+alone prints and writes (see README.md, *Data parallel*).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from impls.config import LR_RULE, ConfigError, TrainConfig, lr_at_size, usable_c
 from impls.data import DataDirError, DataError, fetch, load_fashion_mnist
 from impls.files import write_atomically
 from impls.protocol import DeviceUnavailableError
+from impls.torchrun_env import LaunchedRank, launched_rank
 
 USAGE_ERROR = 2
 RUN_ERROR = 1
@@ -139,13 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's settings from the arguments, or a UsageError."""
+def _train_config(args: argparse.Namespace, launched: LaunchedRank | None) -> TrainConfig:
+    """The run's settings from the arguments, or a UsageError; ``launched``: this process's
+    place when torchrun started it."""
     cores = usable_cores()
-    if args.threads is not None and args.threads > cores:
+    # Under torchrun --replicas and --threads count every machine's; this machine's cores
+    # are shared by the replicas torchrun started on it.
+    local_replicas = args.replicas
+    threads = args.threads
+    if launched is not None:
+        if args.replicas != launched.world_size:
+            raise UsageError(
+                f"--replicas {args.replicas} must equal the {launched.world_size} processes "
+                "torchrun started (its WORLD_SIZE): each of them is one replica"
+            )
+        local_replicas = launched.local_world_size
+        if threads is None:
+            threads = max(1, cores // local_replicas) * args.replicas
+    if threads is not None and threads // args.replicas * local_replicas > cores:
         # Not a TrainConfig rule: configs are built for other machines too (the bench's sweep).
-        raise UsageError(f"--threads {args.threads} is more than the {cores} usable cores here")
-    if args.device == "cpu" and args.replicas > cores:
+        raise UsageError(f"--threads {threads} is more than the {cores} usable cores here")
+    if args.device == "cpu" and local_replicas > cores:
         raise UsageError(
             f"--replicas {args.replicas} is more than the {cores} usable cores here "
             "(a CPU replica needs a core of its own)"
@@ -159,7 +178,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             epochs=args.epochs,
             seed=args.seed,
             device=args.device,
-            threads=args.threads,
+            threads=threads,
             replicas=args.replicas,
         )
     except ConfigError as error:
@@ -242,22 +261,25 @@ def run_train(args: argparse.Namespace) -> int:
             f"--loader-workers: {args.impl} has no DataLoader of its own (it applies to "
             f"{', '.join(loaders)})"
         )
-    config = _train_config(args)
+    launched = launched_rank()
+    config = _train_config(args, launched)
     try:
         registry.check_replicas(args.impl, config.replicas)
     except ConfigError as error:
         raise UsageError(str(error)) from None
     implementation.load()  # fail early, before loading data, if the framework is missing
     out = args.out or Path("runs") / args.impl
-    made = _prepare_out(out)
+    writes = launched is None or launched.is_first  # torchrun's other ranks only train
+    made = _prepare_out(out) if writes else []
     try:
-        return _train_and_write(args, config, out)
+        return _train_and_write(args, config, out, writes)
     except BaseException:
         _remove_empty(made)  # a failed run leaves no empty folder behind
         raise
 
 
-def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -> int:
+def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path, writes: bool) -> int:
+    """Train; with ``writes``, print the epochs and the result and write the outputs."""
     data = load_fashion_mnist(args.data_dir, resize=config.resize)
 
     from tqdm import tqdm
@@ -266,21 +288,24 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -
     bar = tqdm(
         total=config.epochs,
         unit="epoch",
-        disable=True if args.quiet else None,
+        disable=True if args.quiet or not writes else None,
         leave=False,
         file=sys.stderr,
     )
 
     def report_epoch(record) -> None:
         bar.update()
+        communication = record.communication_seconds
         tqdm.write(
             f"epoch {record.epoch:3d}  train loss {record.train_loss:.4f}  "
             f"train acc {record.train_accuracy:.4f}  test acc {record.test_accuracy:.4f}  "
             f"{record.train_seconds:.3f} s"
+            + ("" if communication is None else f" ({communication:.3f} s all-reduce)")
         )
 
     try:
-        history, trainer = registry.train(args.impl, data, config, callbacks=[report_epoch])
+        callbacks = [report_epoch] if writes else []
+        history, trainer = registry.train(args.impl, data, config, callbacks=callbacks)
     except (DeviceUnavailableError, ConfigError) as error:
         raise UsageError(str(error)) from None
     except ValueError as error:  # a framework's or a check's, raised while training
@@ -292,16 +317,26 @@ def _train_and_write(args: argparse.Namespace, config: TrainConfig, out: Path) -
         ) from None
     finally:
         bar.close()
+    try:
+        if writes:
+            _report_and_write(args, history, trainer, data, out)
+    finally:
+        registry.close_trainer(trainer)
+    return 0
+
+
+def _report_and_write(args: argparse.Namespace, history, trainer, data, out: Path) -> None:
+    """The run's result in one line, then its history and figures in ``out``."""
     median = statistics.median(history.column("train_seconds"))
     config = history.config  # resolved: the threads actually asked for
     size = f" at {data.side}x{data.side} (lr {config.lr:.4g})" if config.resize else ""
+    replicas = f" over {config.replicas} replicas" if config.replicas > 1 else ""
     print(
         f"{args.impl}: final test accuracy {history.final.test_accuracy:.4f} "
         f"after {config.epochs} epochs{size}; median epoch {median:.3f} s on {config.device} "
-        f"with {config.threads} thread{'s' if config.threads != 1 else ''}"
+        f"with {config.threads} thread{'s' if config.threads != 1 else ''}{replicas}"
     )
     _write_outputs(history, trainer, data, out)
-    return 0
 
 
 def run_list(_: argparse.Namespace) -> int:

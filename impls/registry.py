@@ -96,6 +96,7 @@ REGISTRY: dict[str, Implementation] = {
             ("torch",),
             "torch",
             "PyTorch from scratch: autograd, own softmax, loss and SGD",
+            data_parallel="torch.distributed all_reduce of gradients (gloo on CPU, nccl on CUDA)",
         ),
         Implementation(
             "torch-nn",
@@ -103,6 +104,7 @@ REGISTRY: dict[str, Implementation] = {
             ("torch",),
             "torch",
             "PyTorch nn.Sequential, CrossEntropyLoss, optim.SGD",
+            data_parallel="torch.distributed DDP (gloo on CPU, nccl on CUDA)",
         ),
         Implementation(
             "jax",
@@ -218,4 +220,15 @@ def train(
 ) -> tuple[History, Trainer]:
     """Build implementation ``name`` (:func:`build_trainer`) and ``fit`` it."""
     trainer, config = build_trainer(name, data, config)
-    return fit(trainer, data, config, implementation=name, callbacks=callbacks), trainer
+    try:
+        return fit(trainer, data, config, implementation=name, callbacks=callbacks), trainer
+    except BaseException:
+        close_trainer(trainer)  # a failed run leaves no replica process running
+        raise
+
+
+def close_trainer(trainer: Trainer) -> None:
+    """Stop what ``trainer`` runs besides this process (a data-parallel trainer's replicas)."""
+    close = getattr(trainer, "close", None)
+    if close is not None:
+        close()

@@ -171,12 +171,10 @@ class EpochRecord(Stored):
     def validate(self, where: str) -> None:
         check_fraction(self.train_accuracy, f"{where}.train_accuracy")
         check_fraction(self.test_accuracy, f"{where}.test_accuracy")
-        if self.train_seconds < 0:
-            raise ResultError(f"{where}.train_seconds is {self.train_seconds}, negative")
-        if self.communication_seconds is not None and self.communication_seconds < 0:
-            raise ResultError(
-                f"{where}.communication_seconds is {self.communication_seconds}, negative"
-            )
+        for name in ("train_seconds", "communication_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ResultError(f"{where}.{name} is {value}, negative")
 
 
 def cumulative_train_seconds(history: Sequence[EpochRecord]) -> list[float]:

@@ -106,9 +106,10 @@ def to_device(data: FashionMNIST, device: torch.device) -> DeviceData:
 
 
 def place(data: FashionMNIST, config: TrainConfig) -> tuple[torch.device, int, DeviceData]:
-    """What a PyTorch trainer does first: resolve the device, apply the threads, move the data."""
+    """What a PyTorch trainer does first: resolve the device, apply its threads (a replica's
+    share of the run's), move the data."""
     device = resolve_device(config.device)
-    return device, apply_threads(config.threads), to_device(data, device)
+    return device, apply_threads(config.threads_per_replica), to_device(data, device)
 
 
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -135,23 +136,41 @@ class Accumulator:
         self._correct += correct
         self._count += count
 
-    def means(self) -> tuple[float, float]:
-        """Mean per-example loss and accuracy over everything added (waits for the device)."""
+    def totals(self) -> tuple[float, int, int]:
+        """The summed loss, correct count and examples added (waits for the device)."""
         synchronize(self._device)
         loss = float(torch.stack(self._loss_sums).cpu().double().sum())
-        return loss / self._count, int(self._correct) / self._count
+        return loss, int(self._correct), self._count
+
+    def means(self) -> tuple[float, float]:
+        """Mean per-example loss and accuracy over everything added (waits for the device)."""
+        loss, correct, count = self.totals()
+        return loss / count, correct / count
+
+
+def share_bounds(start: int, stop: int, rank: int, replicas: int) -> tuple[int, int]:
+    """Replica ``rank``'s consecutive part of the minibatch ``[start, stop)``, one of
+    ``replicas`` near-equal parts (sizes differ by one at most; empty when the minibatch
+    has fewer examples than there are replicas)."""
+    size = stop - start
+    return start + size * rank // replicas, start + size * (rank + 1) // replicas
 
 
 def shuffled_batches(
-    images: torch.Tensor, labels: torch.Tensor, order: np.ndarray, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An epoch's minibatches in ``order``, gathered from tensors already on their device."""
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: np.ndarray,
+    batch_size: int,
+    share: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """An epoch's minibatches in ``order``, gathered from tensors already on their device, with
+    each minibatch's length; ``share`` (rank, replicas): replica ``rank``'s part of each."""
     index = torch.as_tensor(order, dtype=torch.int64).to(images.device)
     for start, stop in batch_bounds(len(index), batch_size):
-        batch = index[start:stop]
+        batch = index[slice(*share_bounds(start, stop, *share))]
         # index_select: the same rows as images[batch], without the generic
         # advanced-indexing path (see PERFORMANCE.md).
-        yield images.index_select(0, batch), labels.index_select(0, batch)
+        yield images.index_select(0, batch), labels.index_select(0, batch), stop - start
 
 
 def tensor_batches(

@@ -6,6 +6,7 @@ import builtins
 import errno
 import io
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from impls import cli, registry
 from impls.cli import main
 from impls.config import usable_cores
+from impls.torchrun_env import LaunchedRank, launched_rank
 
 
 @pytest.mark.parametrize(
@@ -326,6 +328,103 @@ def test_train_numpy_prints_epochs_and_writes_figures(tmp_path, capsys, real_dat
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
     assert len(history["records"]) == 2 and history["config"]["threads"] == 2
+
+
+# ------------------------------------------------------------- data parallel
+
+
+def replicas_run_argv(replicas: int, out: Path, threads: tuple[str, ...] = ("--threads", "2")):
+    """``fmbench train torch-nn`` for one epoch over ``replicas`` (2 threads in all)."""
+    return [
+        "train", "torch-nn", "--epochs", "1", *threads, "--replicas", str(replicas),
+        "--quiet", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_replica_history(real_data, tmp_path_factory) -> dict:
+    """torch-nn's one-epoch history on one device, the baseline of the replicated runs."""
+    out = tmp_path_factory.mktemp("one-replica")
+    assert main(replicas_run_argv(1, out)) == 0
+    return json.loads((out / "history.json").read_text())
+
+
+def assert_same_accuracy(history: dict, baseline: dict) -> None:
+    """The same test accuracy after the epoch, but for a few near-tied examples."""
+    accuracy = history["records"][-1]["test_accuracy"]
+    expected = baseline["records"][-1]["test_accuracy"]
+    assert abs(round(accuracy * 10_000) - round(expected * 10_000)) <= 3
+
+
+@pytest.fixture
+def two_cores():
+    if usable_cores() < 2:
+        pytest.skip("two replicas on the CPU need two usable cores")
+
+
+def test_train_over_replicas_reaches_one_replicas_accuracy(
+    two_cores, one_replica_history, capsys, tmp_path
+):
+    out = tmp_path / "two-replicas"
+    assert main(replicas_run_argv(2, out)) == 0
+    stdout = capsys.readouterr().out
+    assert "with 2 threads over 2 replicas" in stdout and " s all-reduce)" in stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["config"]["replicas"] == 2
+    assert history["records"][0]["communication_seconds"] > 0
+    runtime = history["runtime"]
+    assert runtime["replicas"] == 2 and runtime["backend"] == "gloo"
+    assert runtime["threads_per_replica"] == 1
+    assert_same_accuracy(history, one_replica_history)
+    assert (out / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [child for child in multiprocessing.active_children() if "replica" in child.name]
+
+
+def test_torchrun_starts_each_replica_and_rank_0_alone_reports(
+    two_cores, one_replica_history, tmp_path
+):
+    """``torchrun --standalone --nproc-per-node 2 -m impls.cli train ... --replicas 2``."""
+    out = tmp_path / "torchrun"
+    root = Path(cli.__file__).resolve().parents[1]  # this checkout's impls, in every rank
+    paths = [str(root), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    # No --threads: by default this machine's cores, shared by the ranks torchrun started.
+    train = replicas_run_argv(2, out, threads=())
+    argv = [*torchrun, "--nproc-per-node", "2", "-m", "impls.cli", *train]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("epoch   1 ") == 1 and result.stdout.count("wrote ") == 1
+    history = json.loads((out / "history.json").read_text())
+    runtime = history["runtime"]
+    assert (runtime["launcher"], runtime["replicas"]) == ("torchrun", 2)
+    assert runtime["threads_per_replica"] == usable_cores() // 2
+    assert_same_accuracy(history, one_replica_history)
+
+
+TORCHRUN_RANK_1_OF_2 = {
+    "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+}  # fmt: skip
+
+
+def test_launched_rank_reads_torchrun_s_environment():
+    assert launched_rank({}) is None
+    assert launched_rank({"RANK": "0", "WORLD_SIZE": "2"}) is None  # not all of torchrun's
+    rank = launched_rank(TORCHRUN_RANK_1_OF_2)
+    assert rank == LaunchedRank(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert not rank.is_first
+
+
+def test_replicas_other_than_torchrun_s_processes_exit_2(no_data, monkeypatch, capsys, tmp_path):
+    for name, value in TORCHRUN_RANK_1_OF_2.items():
+        monkeypatch.setenv(name, value)
+    assert main(["train", "torch-nn", "--replicas", "3", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--replicas 3 must equal the 2 processes torchrun started (its WORLD_SIZE)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_divergence_exits_1_with_clear_message(tmp_path, capsys, real_data):

@@ -21,7 +21,14 @@ import pytest
 from impls.config import ConfigError, TrainConfig, lr_at_size
 from impls.data import FashionMNIST, MinibatchOrder, batch_bounds, to_float32
 from impls.protocol import DeviceUnavailableError, EpochStats, Evaluation, Params, Trainer
-from impls.registry import REGISTRY, Implementation, build_trainer, make_trainer, train
+from impls.registry import (
+    REGISTRY,
+    Implementation,
+    build_trainer,
+    close_trainer,
+    make_trainer,
+    train,
+)
 from impls.training import History, init_params
 
 REFERENCE = "numpy"
@@ -311,6 +318,80 @@ def test_first_epoch_at_64_matches_numpy(impl, resized_first_epochs, real_data):
     assert params.weights.shape == (RESIZED * RESIZED, 10)
     assert_params_close(params, reference_params)
     assert_stats_close(stats, reference_stats, real_data.num_train)
+
+
+# ------------------------------------- data parallel: R replicas, one device's steps
+
+# PyTorch's data-parallel trainers, each replica a process of its own (torch.distributed).
+TORCH_REPLICATED = _param([REGISTRY["torch-nn"], REGISTRY["torch-scratch"]])
+
+
+@dataclass
+class ReplicatedEpoch:
+    """What a data-parallel trainer did in its first epoch on the real data, and after."""
+
+    stats: EpochStats
+    params: Params
+    evaluation: Evaluation
+    predictions: np.ndarray
+    runtime: dict[str, object]
+
+
+@pytest.fixture(scope="session")
+def replicated_first_epochs(real_data: FashionMNIST, conformance_config: TrainConfig):
+    """Each (implementation, replicas)'s first epoch, once per session; its replica
+    processes are stopped as soon as it is measured, so few run at a time."""
+    runs: dict[tuple[str, int], ReplicatedEpoch] = {}
+    order = MinibatchOrder(real_data.num_train, conformance_config.seed).epoch(0)
+
+    def run(impl: Implementation, replicas: int) -> ReplicatedEpoch:
+        if (impl.name, replicas) not in runs:
+            # One thread per replica: 4 processes on 2 cores are slow, not wrong.
+            threads = max(conformance_config.threads or 1, replicas)
+            config = conformance_config.replace(threads=threads, replicas=replicas)
+            trainer = build(impl, real_data, config)
+            try:
+                runs[impl.name, replicas] = ReplicatedEpoch(
+                    trainer.train_epoch(order),
+                    trainer.parameters(),
+                    trainer.evaluate(),
+                    trainer.predict(real_data.test_images),
+                    dict(trainer.runtime_info()),
+                )
+            finally:
+                close_trainer(trainer)
+        return runs[impl.name, replicas]
+
+    return run
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("impl", TORCH_REPLICATED)
+def test_replicas_first_epoch_matches_one_replica(
+    impl, replicas, replicated_first_epochs, one_epoch_runs, real_data
+):
+    """Every global minibatch split over the replicas, the last of 96 included, steps as
+    one device does: the same weights after an epoch, within the suite's tolerance."""
+    single = one_epoch_runs(impl)
+    run = replicated_first_epochs(impl, replicas)
+    assert_params_close(run.params, single.params)
+    assert_stats_close(run.stats, single.stats, real_data.num_train)
+    assert run.stats.communication_seconds is not None and run.stats.communication_seconds > 0
+    assert_stats_close(run.evaluation, single.trainer.evaluate(), real_data.num_test)
+    apart = np.count_nonzero(run.predictions != single.trainer.predict(real_data.test_images))
+    assert apart <= ACCURACY_SLACK_EXAMPLES
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("impl", TORCH_REPLICATED)
+def test_replicas_runtime_info_names_the_engine(impl, replicas, replicated_first_epochs):
+    info = replicated_first_epochs(impl, replicas).runtime
+    assert info["replicas"] == replicas and info["backend"] == "gloo"
+    assert info["threads_per_replica"] == 1 and info["threads"] == replicas
+    assert info["launcher"] == "torch.multiprocessing (spawn)"
+    strategy = info["strategy"]
+    assert isinstance(strategy, str) and len(strategy) < 120
+    assert f"over {replicas} processes (gloo), eager, per batch" in strategy
 
 
 @pytest.mark.parametrize("impl", ALL)

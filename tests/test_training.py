@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import MinibatchOrder
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.registry import train
+from impls.results import EpochRecord, ResultError
 from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, init_params
 
 
@@ -154,6 +156,25 @@ def test_registry_missing_framework_is_reported_not_raised(monkeypatch):
         registry.make_trainer("fake", None, Params(None, None), TrainConfig())
 
 
+class _CommunicatingTrainer(_ScriptedTrainer):
+    """A data-parallel trainer's report: seconds spent combining gradients."""
+
+    def train_epoch(self, order):
+        return dataclasses.replace(super().train_epoch(order), communication_seconds=0.25)
+
+
+def test_epoch_record_keeps_the_seconds_spent_combining_gradients(tiny_data):
+    history = fit(_CommunicatingTrainer([0.9]), tiny_data, TrainConfig(epochs=1, threads=1))
+    record = history.final
+    assert record.communication_seconds == 0.25
+    assert EpochRecord.from_dict(record.as_dict()) == record
+    stored = {**record.as_dict(), "communication_seconds": -1.0}
+    with pytest.raises(ResultError, match=r"communication_seconds is -1\.0, negative"):
+        EpochRecord.from_dict(stored, "epoch")
+    del stored["communication_seconds"]  # written before replicas: one device
+    assert EpochRecord.from_dict(stored).communication_seconds is None
+
+
 def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data, monkeypatch):
     config = TrainConfig(seed=4, threads=1)
     trainer = _ScriptedTrainer([0.9, 0.8])
@@ -181,27 +202,6 @@ def test_epoch_runner_trains_in_the_shared_order_then_evaluates(tiny_data, monke
     order = MinibatchOrder(tiny_data.num_train, config.seed)
     for epoch, seen in enumerate(trainer.orders):
         np.testing.assert_array_equal(seen, order.epoch(epoch))
-
-
-class _CommunicatingTrainer(_ScriptedTrainer):
-    """Reports the seconds its (pretend) replicas spent combining gradients, per epoch."""
-
-    def __init__(self, communication):
-        super().__init__([0.5] * len(communication))
-        self.communication = list(communication)
-
-    def train_epoch(self, order):
-        stats = super().train_epoch(order)
-        return EpochStats(stats.loss, stats.accuracy, self.communication.pop(0))
-
-
-def test_epoch_runner_records_the_communication_seconds_a_trainer_reports(tiny_data):
-    runner = EpochRunner(_CommunicatingTrainer([0.03, None]), TrainConfig(), tiny_data.num_train)
-    runner.train()
-    runner.train()
-    assert [r.communication_seconds for r in runner.history] == [0.03, None]
-    history = fit(_ScriptedTrainer([0.9]), tiny_data, TrainConfig(epochs=1))
-    assert history.final.communication_seconds is None  # one device: nothing to combine
 
 
 def test_epoch_runner_refuses_a_diverging_epoch_before_recording_it(tiny_data):
