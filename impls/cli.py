@@ -265,6 +265,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = _train_config(args, launched)
     try:
         registry.check_replicas(args.impl, config.replicas)
+        # Set before the framework starts (JAX's host devices for CPU replicas): later is late.
+        os.environ.update(registry.environment_for(args.impl, config))
     except ConfigError as error:
         raise UsageError(str(error)) from None
     implementation.load()  # fail early, before loading data, if the framework is missing

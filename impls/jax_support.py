@@ -15,10 +15,17 @@ only once per process, before anything else initialises JAX (including
 :func:`available_devices`); a later trainer asking for another count runs with
 the first count and says so (``threads_applied`` false); without
 ``os.sched_setaffinity`` (macOS, Windows) nothing is applied; XLA may still use
-a few helper threads besides the compute pools.
+a few helper threads besides the compute pools. (``PJRT_NPROC``, read by XLA's
+CPU client when it starts, does size the pools with jaxlib 0.10.2, but it is
+undocumented.) Replicas: R CPU host devices share these pools (XLA has no pool
+per device), so ``threads`` stays the run's total and a replica's
+``threads_per_replica`` is its share on average, not a pool of its own.
 
-Devices. :func:`select_device` picks the first device of a platform, one of
-:data:`PLATFORMS` or ``gpu`` for whichever GPU platform is present.
+Devices. :func:`select_devices` picks the first devices of a platform, one of
+:data:`PLATFORMS` or ``gpu`` for whichever GPU platform is present; for CPU
+replicas, :func:`initialise_backends` asks JAX for as many host devices
+(``jax_num_cpu_devices``) when ``XLA_FLAGS`` has not given them and JAX has
+not started yet.
 
 Compilation. :class:`Compiler` compiles programs ahead of time
 (``jit(...).lower(...).compile()``), so training epochs time training only,
@@ -40,9 +47,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from impls import registry
+from impls import host_devices, registry
 from impls.compile_cache import cache_use, choose_directory
-from impls.config import usable_cores
+from impls.config import ConfigError, usable_cores
 from impls.data import default_cache_dir
 from impls.protocol import DeviceUnavailableError
 
@@ -65,8 +72,12 @@ def backends_initialized() -> bool:
     return bool(probe()) if probe is not None else bool(getattr(xla_bridge, "_backends", {}))
 
 
-def initialise_backends(threads: int | None) -> dict[str, Any]:
-    """Start JAX's backends once, with CPU pools of ``threads`` workers where possible.
+def initialise_backends(
+    threads: int | None, cpu_devices: int = 1, group: host_devices.ProcessGroup | None = None
+) -> dict[str, Any]:
+    """Start JAX's backends once, with CPU pools of ``threads`` workers where possible, at
+    least ``cpu_devices`` CPU devices where ``XLA_FLAGS`` does not already give them, and
+    joined to the other processes of ``group`` (this process's share in each count).
 
     Returns (and remembers) what was done: ``pool_threads`` is the number of
     cores the pools were sized from (None when unknown), ``how`` says why.
@@ -74,11 +85,13 @@ def initialise_backends(threads: int | None) -> dict[str, Any]:
     global _backend_setup
     with _backend_lock:
         if _backend_setup is None:
-            _backend_setup = _start_backends(threads)
+            _backend_setup = _start_backends(threads, cpu_devices, group)
         return _backend_setup
 
 
-def _start_backends(threads: int | None) -> dict[str, Any]:
+def _start_backends(
+    threads: int | None, cpu_devices: int, group: host_devices.ProcessGroup | None
+) -> dict[str, Any]:
     if backends_initialized():
         return {
             "pool_threads": None,
@@ -86,6 +99,9 @@ def _start_backends(threads: int | None) -> dict[str, Any]:
             "XLA's CPU pools kept the size they got then (by default, one worker per "
             "schedulable core)",
         }
+    if group is not None:
+        _join_processes(group)
+    _request_host_devices(cpu_devices)
     if not hasattr(os, "sched_setaffinity"):
         jax.devices()
         return {
@@ -119,6 +135,25 @@ def _start_backends(threads: int | None) -> dict[str, Any]:
         f"backends initialised, so XLA sized its CPU pools to {threads}; affinity then "
         f"restored and {unpinned} new threads un-pinned",
     }
+
+
+def _join_processes(group: host_devices.ProcessGroup) -> None:
+    """Join a run spread over ``group``'s processes (``jax.distributed``; CPU collectives by
+    gloo over TCP); a process missing after 5 minutes is JAX's error."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(group.coordinator, group.processes, group.process_id)
+
+
+def _request_host_devices(count: int) -> None:
+    """Give JAX ``count`` CPU devices when it would start with fewer (backends not started).
+
+    ``jax_num_cpu_devices`` overrides the ``XLA_FLAGS`` count, so it is only set
+    when neither gives enough: a larger count someone asked for is kept.
+    """
+    configured = jax.config.jax_num_cpu_devices
+    present = configured if configured >= 0 else host_devices.flagged_host_devices()
+    if count > present:
+        jax.config.update("jax_num_cpu_devices", count)
 
 
 def threads_info(device: jax.Device, asked: int | None, setup: Mapping[str, Any]) -> dict:
@@ -179,15 +214,41 @@ def available_devices() -> list[str]:
 def select_device(name: str) -> jax.Device:
     """The first device of platform ``name`` (or ``gpu``), else a DeviceUnavailableError
     naming the platforms present."""
+    return select_devices(name, 1)[0]
+
+
+def select_devices(name: str, count: int) -> list[jax.Device]:
+    """The first ``count`` devices of platform ``name`` (or ``gpu``), an equal share from each
+    process of a multi-process run: a DeviceUnavailableError when the platform is absent, a
+    ConfigError when it has fewer devices."""
     wanted = name.lower()
     present = present_platforms()
     candidates = GPU_PLATFORMS if wanted == "gpu" else (wanted,)
-    for platform in candidates:
-        if platform in present:
-            return jax.devices(platform)[0]
-    raise DeviceUnavailableError(
-        f"JAX has no {name!r} device here; platforms present: {', '.join(present) or 'none'} "
-        f"(known: {', '.join(PLATFORMS)}, and gpu for any GPU)"
+    platform = next((platform for platform in candidates if platform in present), None)
+    if platform is None:
+        raise DeviceUnavailableError(
+            f"JAX has no {name!r} device here; platforms present: {', '.join(present) or 'none'} "
+            f"(known: {', '.join(PLATFORMS)}, and gpu for any GPU)"
+        )
+    processes = jax.process_count()
+    local = count // processes
+    if count % processes:
+        raise ConfigError(f"{count} replicas cannot be shared equally by {processes} processes")
+    by_process = [
+        [device for device in jax.devices(platform) if device.process_index == process][:local]
+        for process in range(processes)
+    ]
+    fewest = min(len(devices) for devices in by_process)
+    if fewest == local:
+        return [device for devices in by_process for device in devices]
+    if platform == "cpu":
+        raise ConfigError(
+            f"{local} replicas need {local} JAX CPU devices, but JAX started with "
+            f"{fewest} in this process: start the process with "
+            f"XLA_FLAGS={host_devices.HOST_DEVICE_FLAG}={local} (fmbench train sets it)"
+        )
+    raise ConfigError(
+        f"{local} replicas need {local} {platform} devices a process; JAX sees {fewest}"
     )
 
 

@@ -80,6 +80,8 @@ class Implementation:
         return importlib.import_module(self.module)
 
 
+JAX_DATA_PARALLEL = "jax.sharding Mesh + NamedSharding, XLA all-reduce"
+
 REGISTRY: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
@@ -113,6 +115,7 @@ REGISTRY: dict[str, Implementation] = {
             "jax",
             "JAX jit + optax, whole epochs compiled with lax.scan",
             compile_cache_env="FMBENCH_JAX_CACHE_DIR",
+            data_parallel=JAX_DATA_PARALLEL,
             environment="impls.host_devices:xla_host_devices",
         ),
         Implementation(
@@ -123,6 +126,8 @@ REGISTRY: dict[str, Implementation] = {
             "JAX jit + optax, one compiled step per batch from a Python loop",
             compile_cache_env="FMBENCH_JAX_CACHE_DIR",
             factory="make_step_trainer",
+            data_parallel=JAX_DATA_PARALLEL,
+            environment="impls.host_devices:xla_host_devices",
         ),
         Implementation(
             "numba",

@@ -279,6 +279,45 @@ def test_absent_device_exits_2_with_one_line(impl, tiny_run, capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.skipif(usable_cores() < 2, reason="2 replicas need 2 usable cores")
+def test_train_jax_over_2_replicas_in_a_process_of_its_own(real_data, tmp_path):
+    """fmbench gives JAX its 2 host devices before JAX starts: no XLA_FLAGS needed."""
+    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+    out = tmp_path / "run"
+    argv = ["train", "jax", "--replicas", "2", "--epochs", "1", "--quiet", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "impls.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "final test accuracy 0.7" in result.stdout  # one epoch, as one replica gets
+    assert "with 2 threads over 2 replicas" in result.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["config"]["replicas"] == 2
+    assert history["runtime"]["devices"] == ["cpu:0", "cpu:1"]
+    assert history["runtime"]["xla_flags"] == "--xla_force_host_platform_device_count=2"
+
+
+def test_jax_replicas_once_jax_started_with_fewer_devices_exit_2(
+    tiny_run, monkeypatch, capsys, tmp_path
+):
+    jax = pytest.importorskip("jax")
+    replicas = len(jax.devices("cpu")) + 1  # JAX has started in this process now
+    if replicas > usable_cores():
+        pytest.skip(f"{replicas} replicas need {replicas} usable cores")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # fmbench sets it: restored afterwards
+    out = tmp_path / "run"
+    assert main(["train", "jax", "--replicas", str(replicas), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    flag = f"XLA_FLAGS=--xla_force_host_platform_device_count={replicas}"
+    assert f"start the process with {flag}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_a_value_error_while_training_exits_1_with_one_line(
     tiny_run, monkeypatch, capsys, tmp_path
 ):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -26,6 +29,7 @@ from impls.registry import (
     Implementation,
     build_trainer,
     close_trainer,
+    environment_for,
     make_trainer,
     train,
 )
@@ -506,3 +510,86 @@ def test_runtime_info_names_the_strategy(impl, tiny_data):
     """The report's strategy column comes from here: one short phrase per implementation."""
     strategy = build(impl, tiny_data, TrainConfig(threads=1)).runtime_info()["strategy"]
     assert isinstance(strategy, str) and 10 < len(strategy) < 120
+
+
+# ------------------------------------------ data-parallel replicas: the same steps
+
+# The implementations whose replicas are devices of one process (JAX's host devices on the CPU).
+ONE_PROCESS_REPLICAS = _param([REGISTRY["jax"], REGISTRY["jax-step"]])
+REPLICAS = (2, 4)
+ODD_BATCH = 255  # neither 2 nor the last batch (75 examples) splits evenly over 2 replicas
+
+# R replicas' first epochs in a fresh process: JAX fixes its CPU devices when it starts, and
+# this one started long ago with one (the host devices come from registry.environment_for).
+_REPLICA_EPOCHS = """
+import sys
+import numpy as np
+from impls.config import TrainConfig
+from impls.data import MinibatchOrder, load_fashion_mnist
+from impls.registry import build_trainer
+
+data = load_fashion_mnist(download=False)
+for run in sys.argv[2:]:
+    name, replicas, batch_size = run.split(":")
+    config = TrainConfig(threads=max(2, int(replicas)), replicas=int(replicas),
+                         batch_size=int(batch_size))
+    trainer, _ = build_trainer(name, data, config)
+    stats = trainer.train_epoch(MinibatchOrder(data.num_train, config.seed).epoch(0))
+    params = trainer.parameters()
+    np.savez(f"{sys.argv[1]}/{run.replace(':', '_')}.npz", weights=params.weights,
+             bias=params.bias, loss=stats.loss, accuracy=stats.accuracy,
+             replicas=trainer.runtime_info()["replicas"])
+"""
+
+
+@pytest.fixture(scope="session")
+def replica_epochs(real_data, conformance_config, tmp_path_factory):
+    """First epochs of JAX's entries at 2 and 4 replicas (and of jax at an odd batch size with
+    1 and 2), all in one fresh process, on first request."""
+    for impl in ONE_PROCESS_REPLICAS:
+        load_module(impl.values[0])
+    runs = [
+        f"{impl.values[0].name}:{r}:{conformance_config.batch_size}"
+        for impl in ONE_PROCESS_REPLICAS
+        for r in REPLICAS
+    ]
+    runs += [f"jax:{r}:{ODD_BATCH}" for r in (1, 2)]
+    folder = tmp_path_factory.mktemp("replicas")
+    most = conformance_config.replace(replicas=max(REPLICAS), threads=max(REPLICAS))
+    env = dict(os.environ)
+    for impl in ONE_PROCESS_REPLICAS:
+        env.update(environment_for(impl.values[0].name, most))
+    command = [sys.executable, "-c", _REPLICA_EPOCHS, str(folder), *runs]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def run(name: str, replicas: int, batch_size: int) -> tuple[EpochStats, Params, int]:
+        saved = np.load(folder / f"{name}_{replicas}_{batch_size}.npz")
+        stats = EpochStats(float(saved["loss"]), float(saved["accuracy"]))
+        return stats, Params(saved["weights"], saved["bias"]), int(saved["replicas"])
+
+    return run
+
+
+@pytest.mark.parametrize("replicas", REPLICAS)
+@pytest.mark.parametrize("impl", ONE_PROCESS_REPLICAS)
+def test_replicas_take_the_single_device_steps(
+    impl, replicas, replica_epochs, one_epoch_runs, conformance_config, real_data
+):
+    """R replicas, each on its share of every global batch (the last of 96 included), end the
+    first epoch where one replica does, within the tolerance every implementation meets."""
+    single = one_epoch_runs(impl)
+    stats, params, ran = replica_epochs(impl.name, replicas, conformance_config.batch_size)
+    assert ran == replicas
+    assert_params_close(params, single.params)
+    assert_stats_close(stats, single.stats, real_data.num_train)
+
+
+def test_replicas_split_batches_they_do_not_divide(replica_epochs, real_data):
+    """A batch of 255 and a last one of 75 over 2 replicas: XLA pads the shares, and the step
+    is still the global batch's mean."""
+    single_stats, single_params, _ = replica_epochs("jax", 1, ODD_BATCH)
+    stats, params, ran = replica_epochs("jax", 2, ODD_BATCH)
+    assert ran == 2
+    assert_params_close(params, single_params)
+    assert_stats_close(stats, single_stats, real_data.num_train)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,8 +21,8 @@ optax = pytest.importorskip("optax")
 
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
-from impls import jax_optax, jax_support, numpy_softmax  # noqa: E402
-from impls.config import TrainConfig  # noqa: E402
+from impls import host_devices, jax_optax, jax_support, numpy_softmax  # noqa: E402
+from impls.config import ConfigError, TrainConfig  # noqa: E402
 from impls.data import FashionMNIST, MinibatchOrder, split_batches, to_float32  # noqa: E402
 from impls.protocol import DeviceUnavailableError, Params  # noqa: E402
 from impls.registry import train  # noqa: E402
@@ -280,3 +281,137 @@ def test_default_run_reaches_the_books_accuracy(real_data, default_config):
     assert len(history.records) == 10
     assert history.final.test_accuracy >= 0.82
     assert trainer.parameters().weights.dtype == np.float32
+
+
+# ------------------------------------------------------------ data-parallel replicas
+
+
+def test_replicas_beyond_the_devices_jax_started_with_are_a_clear_error(tiny_data):
+    """This process's JAX has its CPU devices already: more replicas cannot be had any more."""
+    devices = len(jax.devices("cpu"))  # started here if nothing started it before
+    config = TrainConfig(threads=devices + 1, replicas=devices + 1)
+    flag = f"XLA_FLAGS=--xla_force_host_platform_device_count={devices + 1}"
+    with pytest.raises(ConfigError, match=f"JAX started with {devices} in this process.*{flag}"):
+        jax_optax.make_trainer(tiny_data, init_params(config), config)
+
+
+def test_one_replica_has_no_communication_to_measure(tiny_data, default_config):
+    trainer = jax_optax.make_trainer(tiny_data, init_params(default_config), default_config)
+    with pytest.raises(ValueError, match="one replica"):
+        trainer.measure_communication(MinibatchOrder(tiny_data.num_train, 0).epoch(0))
+
+
+_REPLICAS = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from impls import jax_optax
+    from impls.config import TrainConfig
+    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.training import init_params
+
+    rng = np.random.default_rng(0)
+    data = FashionMNIST(
+        rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
+        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), rng.integers(0, 10, 100),
+    )
+    config = TrainConfig(threads=2, replicas=2, batch_size=64)
+    trainer = jax_optax.make_trainer(data, init_params(config), config)
+    before = trainer.parameters()
+    measured = trainer.measure_communication(MinibatchOrder(600, 0).epoch(0))
+    untouched = bool(np.array_equal(trainer.parameters().weights, before.weights))
+    print(json.dumps({"info": dict(trainer.runtime_info()), "measured": measured,
+                      "untouched": untouched}))
+    """
+)
+
+
+def test_replicas_in_a_fresh_process_without_xla_flags(tmp_path):
+    """A first trainer asks JAX for its host devices itself; runtime_info says where it runs,
+    and the communication is measured apart, leaving the trainer as it was."""
+    env = {**os.environ, jax_support.CACHE_DIR_ENV: str(tmp_path / "cache")}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _REPLICAS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    info, measured = out["info"], out["measured"]
+    assert info["replicas"] == 2 and info["devices"] == ["cpu:0", "cpu:1"]
+    assert info["threads"] == 2 and info["threads_per_replica"] == 1
+    assert "batch split over 2 devices" in info["strategy"]
+    assert 0 < measured["collective_seconds"] < measured["profiled_epoch_seconds"]
+    assert measured["all_reduce_alone_seconds"] > 0
+    assert out["untouched"]
+
+
+_PROCESS_OF_TWO = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    from impls import jax_optax, numpy_softmax
+    from impls.config import TrainConfig
+    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.training import init_params
+
+    rng = np.random.default_rng(0)
+    data = FashionMNIST(
+        rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
+        rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
+    )
+    config = TrainConfig(threads=2, replicas=2, batch_size=64)
+    order = MinibatchOrder(600, 0).epoch(0)
+    trainer = jax_optax.make_trainer(data, init_params(config), config)
+    trainer.train_epoch(order)
+    reference = numpy_softmax.make_trainer(data, init_params(config), config.replace(replicas=1))
+    reference.train_epoch(order)
+    weights = trainer.parameters().weights
+    info = trainer.runtime_info()
+    print(json.dumps({
+        "from_numpy": float(np.abs(weights - reference.parameters().weights).max()),
+        "checksum": float(weights.astype(np.float64).sum()),
+        "devices": info["devices"], "processes": info["processes"], "threads": info["threads"],
+        "evaluation": trainer.evaluate().loss,
+    }))
+    """
+)
+
+
+def test_two_processes_train_one_run_over_the_network(tmp_path):
+    """Two processes on 127.0.0.1 (jax.distributed, gloo), one host device each: the same
+    steps as NumPy's, and the same weights in both."""
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    try:
+        for rank in (0, 1):
+            env = {
+                **os.environ,
+                host_devices.COORDINATOR_ENV: f"127.0.0.1:{port}",
+                host_devices.PROCESSES_ENV: "2",
+                host_devices.PROCESS_ID_ENV: str(rank),
+                jax_support.CACHE_DIR_ENV: str(tmp_path / "cache"),
+            }
+            env.pop("XLA_FLAGS", None)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _PROCESS_OF_TWO],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        results = [process.communicate(timeout=240) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()  # no process left behind, whatever happened
+            process.wait()
+    assert [process.returncode for process in processes] == [0, 0], results[0][1][-2000:]
+    outs = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results]
+    assert outs[0]["devices"] == outs[1]["devices"] and len(outs[0]["devices"]) == 2
+    assert all(out["processes"] == 2 and out["threads"] == 1 for out in outs)
+    assert all(out["from_numpy"] < 1e-5 for out in outs)
+    assert outs[0]["checksum"] == outs[1]["checksum"]
+    assert outs[0]["evaluation"] == outs[1]["evaluation"]

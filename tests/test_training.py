@@ -223,3 +223,34 @@ def test_jax_replicas_on_the_cpu_need_host_devices_before_jax_starts():
     assert registry.environment_for("jax", TrainConfig()) == {}
     assert registry.environment_for("jax", config.replace(device="cuda")) == {}
     assert registry.environment_for("numpy", config) == {}
+    assert registry.environment_for("jax-step", config) == registry.environment_for("jax", config)
+
+
+def test_the_host_device_count_xla_flags_give():
+    assert host_devices.flagged_host_devices({}) == 1
+    assert host_devices.flagged_host_devices({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) == 1
+    flags = "--xla_force_host_platform_device_count=8 --xla_force_host_platform_device_count=3"
+    assert host_devices.flagged_host_devices({"XLA_FLAGS": flags}) == 3  # the last one counts
+
+
+def test_a_jax_run_over_several_processes_is_described_whole_or_refused():
+    env = {
+        host_devices.COORDINATOR_ENV: "10.0.0.1:1234",
+        host_devices.PROCESSES_ENV: "2",
+        host_devices.PROCESS_ID_ENV: "1",
+    }
+    assert host_devices.jax_processes({}) is None
+    group = host_devices.jax_processes(env)
+    assert group == host_devices.ProcessGroup("10.0.0.1:1234", 2, 1)
+    # Each process holds its share of the replicas, so its XLA_FLAGS ask for that many.
+    assert host_devices.local_replicas(4, group) == 2
+    config = TrainConfig(replicas=4, threads=4)
+    assert host_devices.xla_host_devices(config, env)["XLA_FLAGS"].endswith("device_count=2")
+    with pytest.raises(ConfigError, match="3 replicas cannot be shared equally by 2 processes"):
+        host_devices.local_replicas(3, group)
+    with pytest.raises(ConfigError, match=f"{host_devices.PROCESS_ID_ENV} unset"):
+        host_devices.jax_processes({**env, host_devices.PROCESS_ID_ENV: ""})
+    with pytest.raises(ConfigError, match="must be integers"):
+        host_devices.jax_processes({**env, host_devices.PROCESSES_ENV: "two"})
+    with pytest.raises(ConfigError, match=r"must be in 0\.\.1, got 2"):
+        host_devices.jax_processes({**env, host_devices.PROCESS_ID_ENV: "2"})
