@@ -226,7 +226,7 @@ class Server:
 
         if self.module is None:
             self.cmd_load()
-        self.runner = None
+        self.close()
         gc.collect()
         config = TrainConfig(**config)
         self.built = self.data.at_size(config.resize)  # from the cache: the floors filled it
@@ -288,6 +288,14 @@ class Server:
             "frameworks": _framework_info(),
         }
 
+    def close(self) -> None:
+        """Stop the trainer's own processes, if it has any (a data-parallel trainer's replicas)."""
+        from impls import registry
+
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            registry.close_trainer(runner.trainer)
+
     def handle(self, request: dict) -> dict[str, object]:
         command = request.pop("cmd")
         handler = getattr(self, f"cmd_{command}", None)
@@ -320,18 +328,22 @@ def main(argv: list[str] | None = None) -> int:
         send(failure(error))
         return 1
     send({"ok": True, **server.cmd_hello()})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        if request.get("cmd") == "quit":
-            send({"ok": True})
-            break
-        try:
-            reply = {"ok": True, **server.handle(request)}
-        except Exception as error:
-            reply = failure(error)
-        send(reply)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            if request.get("cmd") == "quit":
+                server.close()
+                send({"ok": True})  # once everything it started is stopped
+                break
+            try:
+                reply = {"ok": True, **server.handle(request)}
+            except Exception as error:
+                reply = failure(error)
+            send(reply)
+    finally:  # also when the harness went away: no replica outlives its worker
+        server.close()
     return 0
 
 
