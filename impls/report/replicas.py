@@ -70,9 +70,18 @@ def _rounds(point: Point) -> str:
 
 
 def _memory(case: TrainingResult) -> str:
-    """The worker's peak RSS, and with the processes it started (DDP's replicas)."""
+    """The worker's peak RSS, and with the processes it started for its replicas (DDP's; at
+    one replica a child that merely came and went, such as torch's at import, is no replica)."""
     own, tree = mib(case.peak_rss_bytes), mib(case.peak_tree_pss_bytes)
-    return number(own, 3) + (f" ({number(tree, 3)} with its processes)" if tree else "")
+    with_replicas = tree is not None and case.replicas > 1
+    return number(own, 3) + (f" ({number(tree, 3)} with its processes)" if with_replicas else "")
+
+
+def _ratio(value: float | None, spread: float | None, replicas: int, unit: str) -> str:
+    """A ratio to R=1, rounded to what both IQRs allow; R=1's own is the reference."""
+    if replicas == 1 and value is not None:
+        return "reference"
+    return "—" if value is None else f"{rounded(value, spread)}{unit}"
 
 
 def _engine(run: Run, impl: str, case: TrainingResult) -> str:
@@ -115,8 +124,10 @@ def replicas_table(run: Run, *, with_machine: bool):
                     "threads per replica": case.threads_per_replica,
                     "epoch [s] median (IQR)": _seconds(point),
                     "rounds": _rounds(point),
-                    "speed-up vs 1": "—" if speedup is None else f"{rounded(speedup, spread)}×",
-                    "efficiency": "—" if speedup is None else rounded(speedup / replicas, spread),
+                    "speed-up vs 1": _ratio(speedup, spread, replicas, "×"),
+                    "efficiency": _ratio(
+                        None if speedup is None else speedup / replicas, spread, replicas, ""
+                    ),
                     "communication [s/epoch]": seconds,
                     "of the epoch": share,
                     f"test acc. (epoch {len(case.history)})": f"{accuracy:.4f}",
@@ -188,8 +199,8 @@ def replicas_section(runs: Sequence[Run], *, multi: bool) -> list[str]:
         "hits them alike. *Speed-up*: R=1's median / this median; *efficiency*: speed-up / "
         "R (1 would be perfect scaling); both rounded to the digits the two IQRs leave. "
         "*Communication*: the median, over the timed epochs, of the seconds the trainer "
-        "itself timed combining gradients (the clock around `train_epoch` in the process that "
-        "trains), and the median of its share of those epochs; *not measured* where the "
+        "itself timed combining gradients (its own clock, inside `train_epoch`), and the "
+        "median of its share of those epochs; *not measured* where the "
         "engine leaves nothing to time apart inside an epoch (XLA's all-reduce inside a compiled "
         "program), *measured apart* where the trainer measured it outside the timed epochs "
         "instead (below). *Peak RSS*: the worker's, and with the "
