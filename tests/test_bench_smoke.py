@@ -304,6 +304,18 @@ def test_the_replicas_sweep_alternates_its_points_and_skips_what_cannot_fit(
     assert sorted(csv["replicas"]) == [1, 2]
 
 
+def _replicas_left(cwd: Path) -> list[str]:
+    """The command lines of spawned processes still running in ``cwd`` (torch's replicas)."""
+    import psutil
+
+    left = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "multiprocessing" in command and process.info["cwd"] == str(cwd):
+            left.append(command)
+    return left
+
+
 def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
     """torch-nn on DistributedDataParallel at 1 and 2 replicas of one thread each: the same
     accuracy, the communication timed, the replica processes' memory counted."""
@@ -326,7 +338,9 @@ def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
     assert two.final_test_accuracy == pytest.approx(one.final_test_accuracy, abs=1e-3)
     assert all(r.communication_seconds is None for r in one.history)
     assert all(r.communication_seconds > 0 for r in two.history)
-    # DDP's replicas are processes the worker started: counted in its tree's memory.
+    # DDP's replicas are processes the worker started: counted in its tree's memory, and
+    # stopped with it.
     assert two.peak_tree_pss_bytes > two.peak_rss_bytes
+    assert _replicas_left(REPO) == []
     markdown = report.build_report([run_json], tmp_path / "report").read_text()
     assert "## Data parallel" in markdown
