@@ -90,8 +90,9 @@ class Replicas:
         model.register_comm_hook(self, Replicas._sum_bucket)
         return model
 
-    def _sum_bucket(self, bucket):  # DDP checks these names, and annotations as objects
+    def _sum_bucket(self, bucket):
         """DDP's allreduce without its division by the replicas, timed to its completion."""
+        # No annotations: DDP compares them with its own types, and this module's are strings.
         start = time.perf_counter()
         future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
 
