@@ -22,8 +22,8 @@ split by rows with ``NamedSharding`` and XLA all-reduces the gradient sums, so t
 step is still the one step on the global batch's mean. The uint8 data are
 replicated, one copy per device, rather than split by rows: each replica then
 gathers its share of a shuffled batch from its own copy, where row-split data
-make XLA gather rows across devices every step (2 CPU host devices: 0.16 s an
-epoch against 0.07 s replicated). A copy is 47 MB: on CPU host devices it is
+make XLA gather rows across devices every step (2 CPU host devices: 0.12 s an
+epoch against 0.084 s replicated). A copy is 47 MB: on CPU host devices it is
 host memory, on GPUs next to nothing. On the CPU, jax-step waits for each step
 before the next (see ``_wait_each_step``).
 
