@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 from bench_options import BOOK_SIZE, SWEEP_EXCLUDED, Settings
 
-from impls.config import TrainConfig, lr_at_size
+from impls.config import TrainConfig, lr_at_size, usable_cores
 from impls.data import IMAGE_SIZE
 from impls.registry import REGISTRY
 from impls.results import GROUPS
@@ -40,13 +40,14 @@ FLOOR_SIZE_FIXTURE = "floor_size"  # the floors at each swept size take theirs f
 class Case:
     """One benchmark: an implementation on a device at a thread count and batch size."""
 
-    kind: str  # "epoch", "batch", "threads", "size", "loader" or "loader-only"
+    kind: str  # "epoch", "batch", "threads", "size", "loader", "loader-only" or "replicas"
     impl: str
     device: str
     threads: int
     batch_size: int
     size: int = IMAGE_SIZE  # the images' side: the input-size sweep's (else the native 28)
     loader_workers: int | None = None  # the baseline breakdown's (else the implementation's)
+    replicas: int = 1  # the replicas sweep's: data-parallel replicas sharing ``threads``
 
     @property
     def id(self) -> str:
@@ -57,6 +58,7 @@ class Case:
             "size": f"-size{self.size}",
             "loader": f"-workers{self.loader_workers}",
             "loader-only": f"-workers{self.loader_workers}-data-only",
+            "replicas": f"-replicas{self.replicas}",
         }
         return f"{self.impl}-{self.device}{suffix[self.kind]}"
 
@@ -64,13 +66,25 @@ class Case:
     def build_settings(self) -> dict[str, object]:
         """The config's fields this case sets beyond device, threads and batch size: at
         another image size, the size and the learning rate its rule gives
-        (:func:`impls.config.lr_at_size`); the DataLoader's workers, where given."""
+        (:func:`impls.config.lr_at_size`); the DataLoader's workers, where given; the
+        replicas, beyond one."""
         settings: dict[str, object] = {}
         if self.size != IMAGE_SIZE:
             settings.update(resize=self.size, lr=lr_at_size(TrainConfig.lr, self.size))
         if self.loader_workers is not None:
             settings["loader_workers"] = self.loader_workers
+        if self.replicas != 1:
+            settings["replicas"] = self.replicas
         return settings
+
+    def train_config(self) -> TrainConfig:
+        """The configuration the case's worker builds with (the request adds the seed)."""
+        return TrainConfig(
+            device=self.device,
+            threads=self.threads,
+            batch_size=self.batch_size,
+            **self.build_settings,  # type: ignore[arg-type]
+        )
 
     @property
     def group(self) -> str:
@@ -126,13 +140,44 @@ def loader_cases(settings: Settings, kind: str) -> list[Case]:
     ]
 
 
+def replica_cases(settings: Settings) -> list[Case]:
+    """The replicas sweep: each implementation with a data-parallel engine at each number of
+    replicas, the run's threads shared among them (those that do not fit skip, saying why:
+    :func:`replicas_unfit`)."""
+    return [
+        Case("replicas", impl, device, settings.threads, settings.batch_size, replicas=replicas)
+        for impl in settings.impls
+        if REGISTRY[impl].data_parallel and (impl not in SWEEP_EXCLUDED or settings.sweep_slow)
+        for device in settings.devices
+        for replicas in settings.replicas
+    ]
+
+
+def replicas_unfit(case: Case) -> str | None:
+    """Why ``case``'s replicas cannot run here (more than its threads, or on the CPU more
+    than the usable cores), or None. Other devices' limits are their engine's to tell."""
+    cores = usable_cores()
+    if case.device == "cpu" and case.replicas > cores:
+        return (
+            f"{case.replicas} replicas on the CPU need a core each; {cores} usable here "
+            f"(--replicas to choose the points)"
+        )
+    if case.replicas > case.threads:
+        return (
+            f"{case.replicas} replicas need a thread each; the run has {case.threads} (--threads)"
+        )
+    return None
+
+
 def training_cases(settings: Settings, kind: str) -> list[Case]:
     """The cases of ``kind``: the main run (``epoch``) or a sweep (``batch``, ``threads``,
-    ``size``, ``loader``, ``loader-only``)."""
+    ``size``, ``loader``, ``loader-only``, ``replicas``)."""
     if kind == "size":
         return size_cases(settings)
     if kind in ("loader", "loader-only"):
         return loader_cases(settings, kind)
+    if kind == "replicas":
+        return replica_cases(settings)
     cases = []
     for impl in settings.impls:
         if kind != "epoch" and impl in SWEEP_EXCLUDED and not settings.sweep_slow:
@@ -180,6 +225,7 @@ TRAINING_FIXTURES = {
     "size_case": "size",
     "loader_case": "loader",
     "loader_only_case": "loader-only",
+    "replicas_case": "replicas",
 }
 STARTUP_FIXTURES = {"load_case": "load", "cli_case": "cli", "compile_case": "compile"}
 CASE_FIXTURES = (*TRAINING_FIXTURES, *STARTUP_FIXTURES)
@@ -222,7 +268,10 @@ def run_order(settings: Settings):
     """The sort key of the test items: floors first, then the main run (every implementation
     in one schedule), then each worker's sweep points in a row, start-up last."""
     impl_rank = {name: rank for rank, name in enumerate(settings.impls)}
-    kind_rank = {"epoch": 0, "batch": 1, "threads": 2, "size": 3, "loader": 4, "loader-only": 5}
+    kind_rank = {
+        "epoch": 0, "batch": 1, "threads": 2, "size": 3, "loader": 4, "loader-only": 5,
+        "replicas": 6,
+    }  # fmt: skip
 
     def key(item: pytest.Item) -> tuple:
         case = item_case(item)
@@ -242,6 +291,7 @@ def run_order(settings: Settings):
             case.batch_size,
             case.size,
             -1 if case.loader_workers is None else case.loader_workers,
+            case.replicas,
         )
 
     return key

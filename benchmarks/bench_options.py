@@ -13,7 +13,7 @@ from bench_workers import DEFAULT_TIMEOUT
 
 from impls import registry
 from impls.config import LR_RULE, TrainConfig, usable_cores
-from impls.run_info import SCHEDULES
+from impls.run_info import SCHEDULES, VISIT_TIMED
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEEDS = 3
@@ -34,6 +34,10 @@ DEFAULT_SIZES = (28, 64, 112)  # the input-size sweep: the native size, the book
 DEFAULT_SIZE_ROUNDS = 2  # few: an epoch at 112 x 112 costs 16 of 28 x 28's
 SIZE_FLOOR_ROUNDS = 10  # rounds of each floor at a swept size (the float32 set is 3 GB at 112)
 BOOK_SIZE = 64  # the book's resize: the one size the slow implementations run at by default
+DEFAULT_REPLICAS = (1, 2)  # the data-parallel sweep's replicas; 1 is always swept (the reference)
+# Visits to each replicas point, alternating with the others' (1 untimed + VISIT_TIMED timed
+# epochs each): few, since each point beyond 1 starts a process (and DDP its replicas).
+DEFAULT_REPLICA_VISITS = 2
 
 # Implementations left out of the sweeps by default, and why (--sweep-slow includes them).
 SWEEP_EXCLUDED = {
@@ -78,6 +82,13 @@ class Settings:
     size_rounds: int = DEFAULT_SIZE_ROUNDS
     size_floor_rounds: int = SIZE_FLOOR_ROUNDS
     size_lr_rule: str = LR_RULE
+    replicas: tuple[int, ...] = DEFAULT_REPLICAS
+    replica_visits: int = DEFAULT_REPLICA_VISITS
+
+    @property
+    def replica_epochs(self) -> int:
+        """The epochs each replicas point trains: a warm-up, then its visits."""
+        return 1 + self.replica_visits * (1 + VISIT_TIMED)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -206,7 +217,27 @@ def add_options(parser: pytest.Parser) -> None:
         help=f"timed rounds per input size, after a warm-up epoch (default {DEFAULT_SIZE_ROUNDS})",
     )
     add(
-        "--no-sweeps", action="store_true", help="skip the sweeps (batch size, threads, input size)"
+        "--replicas",
+        default=",".join(map(str, DEFAULT_REPLICAS)),
+        metavar="LIST",
+        help="data-parallel replicas of the replicas sweep (default "
+        f"{','.join(map(str, DEFAULT_REPLICAS))}; 1 is always included, the reference): every "
+        "implementation with a data-parallel engine, the threads held equal (R replicas of "
+        "threads/R each); on the CPU a point above the usable cores is skipped",
+    )
+    add(
+        "--replica-visits",
+        type=int,
+        default=None,
+        metavar="N",
+        help="visits to each replicas point, alternating with the implementation's other "
+        f"points (1 untimed + {VISIT_TIMED} timed epochs each; default "
+        f"{DEFAULT_REPLICA_VISITS}, 1 with --quick)",
+    )
+    add(
+        "--no-sweeps",
+        action="store_true",
+        help="skip the sweeps (batch size, threads, input size, baseline breakdown, replicas)",
     )
     add(
         "--no-startup",
@@ -348,6 +379,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
     loader_rounds = _given_or(option("loader_rounds"), 1 if quick else DEFAULT_LOADER_ROUNDS)
     if loader_rounds < 1:
         raise pytest.UsageError(f"--loader-rounds must be positive, got {loader_rounds}")
+    replica_visits = _given_or(option("replica_visits"), 1 if quick else DEFAULT_REPLICA_VISITS)
+    if replica_visits < 1:
+        raise pytest.UsageError(f"--replica-visits must be positive, got {replica_visits}")
     target = option("target_accuracy")
     if not 0 < target <= 1:
         raise pytest.UsageError(f"--target-accuracy must be in (0, 1], got {target}")
@@ -383,4 +417,6 @@ def resolve_settings(config: pytest.Config) -> Settings:
         sizes=_int_list(option("sizes")),
         size_rounds=size_rounds,
         size_floor_rounds=QUICK_LIMIT_ROUNDS if quick else SIZE_FLOOR_ROUNDS,
+        replicas=tuple(sorted({1, *_int_list(option("replicas"))})),
+        replica_visits=replica_visits,
     )

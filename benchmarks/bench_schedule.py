@@ -24,6 +24,7 @@ its own benchmark with :func:`record_rounds`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -130,10 +131,13 @@ class CaseRun:
     canary_before: list[int] = field(default_factory=list)  # per round, the canary's index
     error: Exception | None = None  # raised again by the case's own test
     spell_rounds: list[bool] = field(default_factory=list)
+    communication_apart: dict[str, float | None] | None = None  # the replicas sweep's
+    memory: dict | None = None  # peak memory taken before any untimed measurement after it
 
 
 class MainRun:
-    """Builds, warms up and times every case of the main run in one schedule.
+    """Builds, warms up and times every case of the main run in one schedule (or of one
+    implementation's replicas sweep: :class:`ReplicaSweep`).
 
     Nothing runs until the first case's test asks for its :meth:`outcome`; a case
     that fails (a missing framework, a worker that dies or hangs) keeps its error
@@ -221,6 +225,11 @@ class MainRun:
                     self._guard(run, self._time_epoch)
             previous = order
 
+    def after(self, case: Case, step: Callable[[CaseRun], None]) -> None:
+        """Run ``step`` on ``case``'s part once the schedule has run, untimed; an error is
+        the case's own, as in the schedule."""
+        self._guard(self.runs[case], step)
+
     def _guard(self, run: CaseRun, step: Callable[[CaseRun], None]) -> None:
         """Run ``step`` unless the case already failed; keep its error, free its worker."""
         if run.error is not None:
@@ -262,6 +271,56 @@ class MainRun:
         before = self.canary()
         run.seconds.append(run.epochs.train())
         run.canary_before.append(before)
+
+
+class ReplicaSweep:
+    """The replicas sweep: each implementation's points (R replicas) in a schedule of their own.
+
+    Run the main run's way (:class:`MainRun`) on the sweep's epochs and the first seed: every
+    point of one implementation and device built and warmed up, its workers alive together,
+    then visits alternating between the points in the run's ``--schedule``, so a spell of the
+    host hits R=1 and R=2 alike and their ratio holds. One implementation at a time: no other
+    implementation's replicas stand idle beside its epochs.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        workers: bench_workers.WorkerPool,
+        cases: Sequence[Case],
+        *,
+        reused: frozenset[tuple] = frozenset(),
+    ) -> None:
+        self.settings = dataclasses.replace(
+            settings, epochs=settings.replica_epochs, seeds=settings.seeds[:1], inject_spells=()
+        )
+        self.workers, self.cases, self.reused = workers, list(cases), reused
+        self._schedules: dict[tuple[str, str], MainRun] = {}
+
+    def outcome(self, case: Case) -> CaseRun:
+        """``case``'s part of its implementation's sweep, running the sweep the first time:
+        the schedule, then each point's communication measured apart (untimed)."""
+        key = (case.impl, case.device)
+        if key not in self._schedules:
+            points = [other for other in self.cases if (other.impl, other.device) == key]
+            self.workers.keep_only(points)
+            schedule = MainRun(self.settings, self.workers, points, reused=self.reused)
+            self._schedules[key] = schedule
+            schedule.outcome(case)
+            for point in points:
+                if point.replicas > 1:
+                    schedule.after(point, _measure_communication)
+        return self._schedules[key].outcome(case)
+
+    def release(self, case: Case) -> None:
+        self._schedules[(case.impl, case.device)].release(case)
+
+
+def _measure_communication(run: CaseRun) -> None:
+    """Ask the point's trainer what combining its gradients costs, apart from its epochs
+    (its peak memory taken first: the measurement's own is not the training's)."""
+    run.memory = run.epochs.memory()
+    run.communication_apart = run.epochs.request("measure_communication")["communication"]
 
 
 def record_rounds(benchmark, seconds: Sequence[float]) -> None:

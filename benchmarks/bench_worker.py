@@ -236,7 +236,7 @@ class Server:
 
         if self.module is None:
             self.cmd_load()
-        self.runner = None
+        self.close()
         gc.collect()
         config = TrainConfig(**config)
         self.built = self.data.at_size(config.resize)  # from the cache: the floors filled it
@@ -273,6 +273,15 @@ class Server:
         with self.tree_memory:
             return {"record": self.runner.evaluate().as_dict()}
 
+    def cmd_measure_communication(self) -> dict[str, object]:
+        """What combining gradients costs, measured apart from any timed epoch by the trainer's
+        own ``measure_communication`` over the next epoch's order (None: it has none)."""
+        measure = getattr(self.runner.trainer, "measure_communication", None)
+        if measure is None:
+            return {"communication": None}
+        order = self.runner.order.epoch(len(self.runner.history))
+        return {"communication": dict(measure(order))}
+
     def cmd_history(self) -> dict[str, object]:
         return {"history": [record.as_dict() for record in self.runner.history]}
 
@@ -291,6 +300,14 @@ class Server:
             "rss_bytes": int(psutil.Process().memory_info().rss),
             "frameworks": _framework_info(),
         }
+
+    def close(self) -> None:
+        """Stop the trainer's own processes, if it has any (a data-parallel trainer's replicas)."""
+        from impls import registry
+
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            registry.close_trainer(runner.trainer)
 
     def handle(self, request: dict) -> dict[str, object]:
         command = request.pop("cmd")
@@ -324,18 +341,22 @@ def main(argv: list[str] | None = None) -> int:
         send(failure(error))
         return 1
     send({"ok": True, **server.cmd_hello()})
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        if request.get("cmd") == "quit":
-            send({"ok": True})
-            break
-        try:
-            reply = {"ok": True, **server.handle(request)}
-        except Exception as error:
-            reply = failure(error)
-        send(reply)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            if request.get("cmd") == "quit":
+                server.close()
+                send({"ok": True})  # once everything it started is stopped
+                break
+            try:
+                reply = {"ok": True, **server.handle(request)}
+            except Exception as error:
+                reply = failure(error)
+            send(reply)
+    finally:  # also when the harness went away: no replica outlives its worker
+        server.close()
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from impls import registry
 from impls.fetch import CACHE_DIR_ENV, DATA_DIR_ENV
 from impls.results import EpochRecord
 
@@ -193,8 +194,6 @@ def missing_reason(impl: str) -> str | None:
     """Why ``impl`` cannot be started here (without importing it), or None."""
     import importlib.util
 
-    from impls import registry
-
     entry = registry.get(impl)
     missing = entry.missing()
     if missing:
@@ -205,10 +204,14 @@ def missing_reason(impl: str) -> str | None:
 
 
 def request_build(worker: Worker, config: dict) -> dict:
-    """Build ``worker``'s trainer; a device its framework lacks raises :class:`WorkerSkip`."""
+    """Build ``worker``'s trainer; a device its framework lacks, or more replicas than its
+    engine can place here (its ConfigError: GPUs, say), raises :class:`WorkerSkip`."""
     try:
         return worker.request("build", config=config)
     except WorkerError as error:
+        replicas = config.get("replicas", 1)
+        if replicas != 1 and getattr(error, "error_type", None) == "ConfigError":
+            raise WorkerSkip(f"{replicas} replicas cannot run here: {error}") from error
         try:
             devices = worker.request("devices")["devices"]
         except WorkerError:
@@ -246,8 +249,9 @@ class WorkerPool:
 
     @staticmethod
     def key_of(case) -> tuple:
-        """The worker a case runs in: its implementation, device and threads."""
-        return (case.impl, case.device, case.threads)
+        """The worker a case runs in: its implementation, device, threads and replicas (a
+        process whose framework was started for R replicas serves no other R)."""
+        return (case.impl, case.device, case.threads, case.replicas)
 
     def get(self, case, *, keep_others: bool = False) -> Worker:
         """The worker of ``case``'s implementation, device and threads (started if needed)."""
@@ -273,6 +277,7 @@ class WorkerPool:
                     case.threads,
                     data_dir=self.data_dir,
                     timeout=self.timeout,
+                    env=registry.environment_for(case.impl, case.train_config()),
                 )
                 self._workers[key] = worker
                 worker.request("load")
@@ -302,6 +307,12 @@ class WorkerPool:
         reply["process_start_seconds"] = worker.start_seconds
         self.on_info(case.impl, {"device": case.device, "threads": case.threads, **reply})
         return reply
+
+    def keep_only(self, cases) -> None:
+        """Stop every worker but those of ``cases`` (before a schedule keeps them all alive)."""
+        keep = {self.key_of(case) for case in cases}
+        for key in [key for key in self._workers if key not in keep]:
+            self._close(key)
 
     def discard(self, case) -> None:
         """Stop ``case``'s worker, if it has one (after it failed)."""
@@ -373,6 +384,15 @@ class EpochRequests:
     def request(self, cmd: str, **fields: object) -> dict:
         """Any other request to the worker, under the epoch timeout once it is known."""
         return self.worker.request(cmd, timeout=self._timeout, **fields)
+
+    def memory(self) -> dict:
+        """The worker's peak memory so far, as :class:`impls.results.TrainingResult` fields."""
+        info = self.request("info")
+        return {
+            "peak_rss_bytes": info["peak_rss_bytes"],
+            "peak_rss_children_bytes": info["peak_rss_children_bytes"],
+            "peak_tree_pss_bytes": info["peak_tree_pss_bytes"],
+        }
 
     def finish(self) -> list[EpochRecord]:
         """Evaluate the last epoch; return every epoch's record."""

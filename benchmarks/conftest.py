@@ -61,7 +61,9 @@ def pytest_configure(config: pytest.Config) -> None:
             f"--benchmark-timer {timer}: the main run's schedule times its rounds with "
             "time.perf_counter, pytest-benchmark's default; leave the option out"
         )
-    config.addinivalue_line("markers", "sweep: a batch-size or thread sweep point (benchmarks/)")
+    config.addinivalue_line(
+        "markers", "sweep: a sweep point: batch size, threads, input size, loader, replicas"
+    )
     config.addinivalue_line("markers", "startup: a start-up measurement (benchmarks/)")
     if not config.pluginmanager.hasplugin("benchmark"):
         raise pytest.UsageError("benchmarks/ needs pytest-benchmark: pip install 'fmbench[bench]'")
@@ -230,6 +232,24 @@ def main_run(request: pytest.FixtureRequest, settings: bench_options.Settings, w
     return schedule
 
 
+@pytest.fixture(scope="session")
+def replica_sweep(request: pytest.FixtureRequest, settings: bench_options.Settings, workers):
+    """The replicas sweep's schedules over every selected point that fits here."""
+    cases = [bench_cases.item_case(item) for item in request.session.items]
+    cases = [case for case in cases if isinstance(case, bench_cases.Case)]
+    points = [
+        case
+        for case in cases
+        if case.kind == "replicas" and bench_cases.replicas_unfit(case) is None
+    ]
+    return bench_schedule.ReplicaSweep(
+        settings,
+        workers,
+        points,
+        reused=frozenset(workers.key_of(case) for case in cases if case.kind != "replicas"),
+    )
+
+
 # ------------------------------------------------------- pytest-benchmark hooks
 
 
@@ -256,7 +276,11 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "settings": settings.as_dict(),
         "sweep_excluded": {} if settings.sweep_slow else dict(bench_options.SWEEP_EXCLUDED),
         "registry": {
-            name: {"summary": impl.summary, "follows_shared_order": impl.follows_shared_order}
+            name: {
+                "summary": impl.summary,
+                "follows_shared_order": impl.follows_shared_order,
+                "data_parallel": impl.data_parallel,
+            }
             for name, impl in registry.REGISTRY.items()
         },
         "tests": [

@@ -78,15 +78,6 @@ def test_compute_floor(benchmark, settings: Settings, dataset) -> None:
     benchmark.extra_info.update(to_extra_info(result))
 
 
-def _memory(epochs: bench_workers.EpochRequests) -> dict:
-    info = epochs.request("info")
-    return {
-        "peak_rss_bytes": info["peak_rss_bytes"],
-        "peak_rss_children_bytes": info["peak_rss_children_bytes"],
-        "peak_tree_pss_bytes": info["peak_tree_pss_bytes"],
-    }
-
-
 def _measure(
     benchmark,
     settings: Settings,
@@ -122,6 +113,7 @@ def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmu
         "batch_size": case.batch_size,
         "size": case.size,
         "loader_workers": case.loader_workers,
+        "replicas": case.replicas,
         "num_train": worker.hello["num_train"],
         "history": history,
         "config": build["config"],
@@ -134,6 +126,34 @@ def _fields(case: bench_cases.Case, worker, build: dict, history: list, *, warmu
     }
 
 
+def _scheduled(benchmark, settings: Settings, schedule, case: bench_cases.Case) -> TrainingResult:
+    """Record ``case``'s rounds, timed by ``schedule`` (a :class:`bench_schedule.MainRun` or
+    :class:`bench_schedule.ReplicaSweep`), and its result: the first seed's history, the
+    others' as more seeds, its predictions, spell marks and memory."""
+    benchmark.group = case.group
+    run = schedule.outcome(case)
+    if isinstance(run.error, bench_workers.WorkerSkip):
+        pytest.skip(f"{case.impl}: {run.error}")
+    if run.error is not None:
+        raise run.error
+    bench_schedule.record_rounds(benchmark, run.seconds)
+    (first_seed, history), *more = run.histories
+    result = TrainingResult(
+        **_fields(case, run.epochs.worker, run.build, history, warmup=1),
+        target_accuracy=settings.target_accuracy,
+        predictions=run.predictions,
+        spell_rounds=run.spell_rounds,
+        more_seeds=[SeedRun(seed, seed_history) for seed, seed_history in more] or None,
+        communication_apart=run.communication_apart,
+        **(run.memory or run.epochs.memory()),
+    )
+    schedule.release(case)
+    benchmark.extra_info.update(to_extra_info(result))
+    assert result.config["seed"] == first_seed == settings.seeds[0]
+    assert 0 < result.final_test_accuracy <= 1
+    return result
+
+
 # The schedule runs inside the first case's test; each request has its own timeout.
 @pytest.mark.timeout(0)
 def test_epoch(
@@ -144,27 +164,8 @@ def test_epoch(
     Every implementation's rounds are timed in one schedule (bench_schedule.py,
     round-robin by default) the first time a case asks; each test then records
     its own rounds and reads its worker's history, predictions and memory."""
-    benchmark.group = epoch_case.group
-    run = main_run.outcome(epoch_case)
-    if isinstance(run.error, bench_workers.WorkerSkip):
-        pytest.skip(f"{epoch_case.impl}: {run.error}")
-    if run.error is not None:
-        raise run.error
-    bench_schedule.record_rounds(benchmark, run.seconds)
-    (first_seed, history), *more = run.histories
-    result = TrainingResult(
-        **_fields(epoch_case, run.epochs.worker, run.build, history, warmup=1),
-        target_accuracy=settings.target_accuracy,
-        predictions=run.predictions,
-        spell_rounds=run.spell_rounds,
-        more_seeds=[SeedRun(seed, seed_history) for seed, seed_history in more] or None,
-        **_memory(run.epochs),
-    )
-    main_run.release(epoch_case)
-    benchmark.extra_info.update(to_extra_info(result))
-    assert result.config["seed"] == first_seed == settings.seeds[0]
+    result = _scheduled(benchmark, settings, main_run, epoch_case)
     assert [len(r.history) for r in result.seed_runs] == [settings.epochs] * len(settings.seeds)
-    assert 0 < result.final_test_accuracy <= 1
 
 
 def _sweep(

@@ -49,7 +49,8 @@ class EpochStats:
     loss: float
     accuracy: float
     # Seconds the epoch spent combining the replicas' gradients, where a data-parallel
-    # trainer can measure it apart (None: one replica, or not measurable).
+    # trainer can measure it apart (None: one replica, or not measurable). Its
+    # runtime_info()["communication_clock"] says what that clock covers, or why there is none.
     communication_seconds: float | None = None
 
 

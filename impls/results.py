@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from impls.config import TrainConfig
 from impls.idx import IMAGE_SIZE
 
 SCHEMA = 4
@@ -164,8 +165,9 @@ class EpochRecord(Stored):
     test_accuracy: float | None
     train_seconds: float  # Trainer.train_epoch alone, in the process that trains
     eval_seconds: float | None
-    # Of train_seconds, those a replica spent combining gradients (EpochStats'; None: one
-    # device, or not measured).
+    # Within train_seconds, the time spent combining the replicas' gradients, where the
+    # data-parallel engine lets the trainer time it apart (EpochStats); None: one replica,
+    # not measurable (XLA's all-reduce inside a compiled epoch), or an older file.
     communication_seconds: float | None = None
 
     def validate(self, where: str) -> None:
@@ -202,6 +204,16 @@ def best_test_accuracy(history: Sequence[EpochRecord]) -> float | None:
     return max(evaluated) if evaluated else None
 
 
+def communication_medians(records: Sequence[EpochRecord]) -> tuple[float, float] | None:
+    """The median communication seconds of ``records`` and the median of each epoch's share
+    of its training seconds (one clock: the trainer's), or None unless every record has it."""
+    if not records or any(record.communication_seconds is None for record in records):
+        return None
+    seconds = [record.communication_seconds for record in records]
+    shares = [s / r.train_seconds for s, r in zip(seconds, records, strict=True) if r.train_seconds]
+    return statistics.median(seconds), statistics.median(shares)  # type: ignore[type-var]
+
+
 def epochs_to_accuracy(history: Sequence[EpochRecord], target: float) -> int | None:
     """The epoch (counted from 1) after which test accuracy first reaches ``target``, or None."""
     for record in history:
@@ -232,8 +244,9 @@ class TrainingResult(Stored):
     ``warmup_epochs`` untimed epochs come first in ``history``, then one per timed round.
     """
 
-    # "loader": the baseline's epoch with another number of DataLoader workers.
-    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size", "loader")
+    # "loader": the baseline's epoch with another number of DataLoader workers;
+    # "replicas": a point of the data-parallel sweep (R=1 timed beside the others).
+    KINDS: ClassVar[tuple[str, ...]] = ("epoch", "batch", "threads", "size", "loader", "replicas")
 
     kind: str
     implementation: str
@@ -267,9 +280,18 @@ class TrainingResult(Stored):
     more_seeds: list[SeedRun] | None = None
     size: int = IMAGE_SIZE  # the images' side (the input-size sweep); files before it: 28
     loader_workers: int | None = None  # DataLoader workers asked for ("loader" kind)
+    # Data-parallel replicas sharing ``threads`` (TrainConfig.replicas); files before it: 1.
+    replicas: int = 1
+    # What combining the replicas' gradients costs, in seconds by name, measured apart from
+    # the timed epochs by the trainer's own ``measure_communication`` (None: it has none).
+    communication_apart: dict[str, float | None] | None = None
 
     def validate(self, where: str) -> None:
         check_positive(self.size, f"{where}.size")
+        if not 1 <= self.replicas <= self.threads:
+            raise ResultError(
+                f"{where}.replicas is {self.replicas}, not between 1 and the {self.threads} threads"
+            )
         if not self.history:
             raise ResultError(f"{where}.history is empty")
         if final_test_accuracy(self.history) is None:
@@ -287,6 +309,11 @@ class TrainingResult(Stored):
     @property
     def final_test_accuracy(self) -> float:
         return final_test_accuracy(self.history)  # type: ignore[return-value]
+
+    @property
+    def threads_per_replica(self) -> int:
+        """Each replica's share of the threads, by :class:`~impls.config.TrainConfig`'s rule."""
+        return TrainConfig(threads=self.threads, replicas=self.replicas).threads_per_replica
 
     @property
     def seed_runs(self) -> list[SeedRun]:
@@ -458,6 +485,7 @@ GROUPS = {
     "size-compute": "compute floor",
     "loader": "baseline: loader workers",
     "loader-only": "baseline: loader workers",
+    "replicas": "sweep: replicas",
 }
 SIZE_KINDS = ("size", "size-limit", "size-compute")  # the input-size sweep and its floors
 
@@ -579,6 +607,7 @@ class Measurement:
             getattr(case, "startup", None),
             getattr(case, "size", IMAGE_SIZE),
             getattr(case, "loader_workers", None),
+            getattr(case, "replicas", 1),
         )
 
     def _rate(self, kind: type | tuple[type, ...], unit: float = 1.0) -> float | None:

@@ -50,9 +50,19 @@ def visits(epochs: int) -> list[tuple[int, int]]:
 
 def timed_epochs(epochs: int, schedule: str) -> int:
     """How many of ``epochs`` (the warm-up included) a schedule times, per seed."""
+    return len(timed_epoch_numbers(epochs, schedule))
+
+
+def timed_epoch_numbers(epochs: int, schedule: str) -> list[int]:
+    """Which of ``epochs`` (counted from 1, the first the warm-up) a schedule times, per seed:
+    every later one back to back (blocks), the last ones of each visit (round-robin)."""
     if schedule == "blocks":
-        return epochs - 1
-    return sum(timed for _, timed in visits(epochs - 1))
+        return list(range(2, epochs + 1))
+    numbers, done = [], 1
+    for untimed, timed in visits(epochs - 1):
+        numbers += range(done + untimed + 1, done + untimed + timed + 1)
+        done += untimed + timed
+    return numbers
 
 
 # ------------------------------------------------------------------ machine
@@ -196,6 +206,7 @@ class RegistryEntry(Stored):
 
     summary: str = ""
     follows_shared_order: bool = True
+    data_parallel: str | None = None  # its engine for replicas (None: one device; older files)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import bench_schedule
 import bench_workers
 from bench_cases import Case
 
-from impls.run_info import timed_epochs, visits
+from impls.run_info import timed_epoch_numbers, timed_epochs, visits
 
 EPOCHS = 7  # one warm-up epoch, then two visits of one untimed and two timed epochs
 TIMED = 4
@@ -47,6 +47,11 @@ class FakeWorker:
             return {"history": [RECORD] * self.trains}
         if cmd == "predict":
             return {"predictions": [self.trains % 10] * fields["count"]}
+        if cmd == "info":
+            return {"peak_rss_bytes": 100 + self.trains, "peak_rss_children_bytes": 0,
+                    "peak_tree_pss_bytes": None}  # fmt: skip
+        if cmd == "measure_communication":
+            return {"communication": {"after_epochs_seconds": float(self.trains)}}
         return {}
 
 
@@ -132,6 +137,9 @@ def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_ep
     assert [timed_epochs(5, "round-robin"), timed_epochs(3, "round-robin")] == [3, 1]
     assert timed_epochs(2, "round-robin") == 1
     assert timed_epochs(EPOCHS, "round-robin") == TIMED
+    assert timed_epoch_numbers(EPOCHS, "round-robin") == [3, 4, 6, 7]
+    assert timed_epoch_numbers(5, "round-robin") == [3, 4, 5]  # a last visit of one epoch
+    assert timed_epoch_numbers(4, "blocks") == [2, 3, 4]
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "blocks"])
@@ -189,6 +197,66 @@ def test_a_failing_implementation_keeps_its_error_and_the_others_go_on() -> None
     assert a.error is None and len(a.seconds) == TIMED
     assert pool.discarded == ["c", "b"]  # each freed once, when it failed
     assert log.count("b") == 3  # warm-up, untimed and one timed epoch; never asked again
+
+
+class FakeReplicaPool(FakePool):
+    """A pool whose workers are the replicas sweep's points, one per case."""
+
+    def __init__(self, workers: dict[str, FakeWorker]) -> None:
+        super().__init__(workers)
+        self.kept: list[list[str]] = []
+
+    def build(self, case: Case, *, keep_others: bool = False, **config) -> dict:
+        assert keep_others, "a sweep's points need their workers alive at once"
+        self.builds.append((case.id, config["seed"], config["epochs"]))
+        return {"config": config}
+
+    def get(self, case: Case, *, keep_others: bool = False) -> FakeWorker:
+        return self.workers[case.id]
+
+    def keep_only(self, cases) -> None:
+        self.kept.append([case.id for case in cases])
+
+
+def test_the_replicas_sweep_alternates_each_implementations_points() -> None:
+    """One schedule per implementation: its points built first (the first seed only, the
+    sweep's epochs), then visits alternating between them; the other's workers left alone."""
+    cases = [Case("replicas", impl, "cpu", 2, 256, replicas=r) for impl in "ab" for r in (1, 2)]
+    log: list[str] = []
+    pool = FakeReplicaPool({case.id: FakeWorker(case.id, log) for case in cases})
+    sweep = bench_schedule.ReplicaSweep(settings("round-robin", seeds=(5, 6)), pool, cases)
+    a1, a2, b1, b2 = (case.id for case in cases)
+    first = sweep.outcome(cases[0])
+    assert pool.kept == [[a1, a2]] and set(log) == {a1, a2}
+    assert pool.builds == [(a1, 5, 7), (a2, 5, 7)]  # the first seed, 1 + 2 visits x 3 epochs
+    assert log[:2] == [a1, a2]  # the warm-ups, then one visit of 3 epochs each, in turn
+    visits = [log[i] for i in range(2, len(log), 3)]
+    assert visits in ([a1, a2, a2, a1], [a2, a1, a1, a2])  # each opens one cycle of two
+    assert all(log[i : i + 3] == [log[i]] * 3 for i in range(2, len(log), 3))
+    second = sweep.outcome(cases[1])
+    assert len(first.seconds) == len(second.seconds) == 4 and second.error is None
+    # R=2's communication measured apart once its epochs were done, its memory taken before.
+    assert second.communication_apart == {"after_epochs_seconds": 7.0}
+    assert second.memory["peak_rss_bytes"] == 107
+    assert first.communication_apart is None and first.memory is None
+    assert [seed for seed, _ in first.histories] == [5]
+    sweep.outcome(cases[2])
+    assert pool.kept == [[a1, a2], [b1, b2]] and log.count(b1) == log.count(b2) == 7
+
+
+def test_replicas_beyond_the_cores_or_the_threads_do_not_fit(monkeypatch) -> None:
+    import bench_cases
+
+    monkeypatch.setattr(bench_cases, "usable_cores", lambda: 4)
+    assert bench_cases.replicas_unfit(Case("replicas", "a", "cpu", 4, 256, replicas=4)) is None
+    assert "8 replicas on the CPU need a core each; 4 usable here" in (
+        bench_cases.replicas_unfit(Case("replicas", "a", "cpu", 8, 256, replicas=8))
+    )
+    assert "4 replicas need a thread each; the run has 2" in (
+        bench_cases.replicas_unfit(Case("replicas", "a", "cpu", 2, 256, replicas=4))
+    )
+    # Off the CPU the cores do not bound the replicas: the engine says how many devices fit.
+    assert bench_cases.replicas_unfit(Case("replicas", "a", "cuda", 8, 256, replicas=8)) is None
 
 
 def test_the_rounds_beside_a_slow_canary_are_marked() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ MISSING_DEVICE = "no-such-device"
 SWEPT_SIZE = 40  # the input-size sweep's one point besides 28: small, so the smoke run stays quick
 
 
-def run_bench(out: Path, *args: str, timeout: float = 300) -> Path:
+def run_bench(out: Path, *args: str, timeout: float = 300, env=None) -> Path:
     """Run ``benchmarks/`` with ``args`` in a subprocess, as ``nox -s bench`` does; it must
     pass. Return its JSON."""
     run_json = out / "run.json"
@@ -31,7 +32,7 @@ def run_bench(out: Path, *args: str, timeout: float = 300) -> Path:
         f"--benchmark-json={run_json}", f"--benchmark-storage={out / 'storage'}",
     ]  # fmt: skip
     result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert run_json.is_file(), result.stdout[-4000:]
@@ -182,3 +183,164 @@ def test_the_baseline_breakdown_times_the_epoch_and_the_loader_alone(tmp_path, r
     assert cases["loader"].loader_workers == cases["loader-only"].loader_workers == 0
     assert cases["loader-only"].num_train == real_data.num_train
     assert cases["loader"].runtime["num_workers"] == 0
+
+
+# A stand-in data-parallel engine: numpy's trainer, which says what the process it runs in
+# was started with (registry.environment_for) and times a made-up "combining" per epoch.
+STAND_IN_ENGINE = """
+import os
+import time
+
+from impls import numpy_softmax
+from impls.protocol import EpochStats
+
+COMBINE_SECONDS = 0.002
+
+
+def environment(config):
+    return {"FMBENCH_STAND_IN_REPLICAS": str(config.replicas)}
+
+
+class StandInTrainer:
+    def __init__(self, inner, replicas):
+        self.inner, self.replicas = inner, replicas
+
+    def train_epoch(self, order):
+        stats = self.inner.train_epoch(order)
+        if self.replicas == 1:
+            return stats
+        time.sleep(COMBINE_SECONDS)
+        return EpochStats(stats.loss, stats.accuracy, communication_seconds=COMBINE_SECONDS)
+
+    def measure_communication(self, order):
+        assert sorted(order) == list(range(len(order))), "not an epoch's order"
+        return {"sleep_seconds": COMBINE_SECONDS, "unmeasurable_seconds": None}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def runtime_info(self):
+        return {
+            **self.inner.runtime_info(),
+            "started_for_replicas": os.environ.get("FMBENCH_STAND_IN_REPLICAS"),
+            "communication_clock": "a sleep of 2 ms after each epoch, timed by the stand-in",
+        }
+
+
+def make_trainer(data, params, config):
+    inner = numpy_softmax.make_trainer(data, params, config.replace(replicas=1))
+    return StandInTrainer(inner, config.replicas)
+
+
+def available_devices():
+    return ["cpu"]
+"""
+
+REGISTER_STAND_IN = """
+from impls import registry
+
+registry.REGISTRY["stand-in"] = registry.Implementation(
+    "stand-in", "fmbench_stand_in", (), "numpy", "numpy behind a stand-in engine",
+    data_parallel="stand-in engine (numpy)", environment="fmbench_stand_in:environment",
+)
+"""
+
+
+def test_the_replicas_sweep_alternates_its_points_and_skips_what_cannot_fit(
+    tmp_path: Path, real_data
+) -> None:
+    """Each point in a worker started for it, the points' visits alternating, a point beyond
+    the cores skipped with its reason; the report's Data parallel section from the run."""
+    import os
+    import textwrap
+
+    from impls.config import usable_cores
+
+    (tmp_path / "fmbench_stand_in.py").write_text(textwrap.dedent(STAND_IN_ENGINE))
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(REGISTER_STAND_IN))
+    too_many = usable_cores() + 1
+    run_json = run_bench(
+        tmp_path, "--impl", "stand-in", "--impl", "numpy", "--quick", "--no-startup",
+        "--threads", "2", "--replicas", f"2,{too_many}", "-k", "test_replicas",
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
+    )  # fmt: skip
+    document = json.loads(run_json.read_text())
+    cases = {case.replicas: case for case in map(from_extra_info, (
+        b["extra_info"] for b in document["benchmarks"]))}  # fmt: skip
+    assert sorted(cases) == [1, 2]  # 1 always swept; numpy has no engine: not swept
+    for replicas, case in cases.items():
+        assert case.kind == "replicas" and case.implementation == "stand-in"
+        assert case.runtime["started_for_replicas"] == str(replicas)
+        assert case.config["replicas"] == replicas and case.threads_per_replica == 2 // replicas
+        assert len(case.history) == 4 and len(case.spell_rounds) == 2  # --quick: one visit
+        assert all(record.test_accuracy is not None for record in case.history)
+    assert all(r.communication_seconds is None for r in cases[1].history)
+    assert all(r.communication_seconds == 0.002 for r in cases[2].history)
+    assert cases[1].communication_apart is None  # asked of R > 1 only, after its epochs
+    assert cases[2].communication_apart == {"sleep_seconds": 0.002, "unmeasurable_seconds": None}
+    # Both points trained the same epochs from the same seed: the same accuracy.
+    assert cases[1].final_test_accuracy == cases[2].final_test_accuracy
+    (skipped,) = [t for t in document["fmbench"]["tests"] if t["outcome"] == "skipped"]
+    assert skipped["nodeid"].endswith(f"[stand-in-cpu-replicas{too_many}]")
+    assert f"{too_many} replicas on the CPU need a core each" in skipped["reason"]
+
+    markdown = report.build_report([run_json], tmp_path / "report").read_text()
+    section = markdown.split("## Data parallel")[1].split("\n## ")[0]
+    header, _, *lines = [line for line in section.splitlines() if line.startswith("|")]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    rows = {}
+    for line in lines:
+        row = dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        rows[int(row["replicas"])] = row
+    assert sorted(rows) == [1, 2] and rows[2]["engine"] == "stand-in engine (numpy)"
+    assert [rows[1]["threads per replica"], rows[2]["threads per replica"]] == ["2", "1"]
+    assert rows[1]["communication [s/epoch]"] == "— (one replica)"
+    assert rows[1]["speed-up vs 1"] == rows[1]["efficiency"] == "reference"
+    assert re.fullmatch(r"\d+\.?\d*×", rows[2]["speed-up vs 1"])
+    assert rows[2]["communication [s/epoch]"] == "0.0020" and rows[2]["Δ acc. vs 1"] == "+0.0000"
+    assert "a sleep of 2 ms after each epoch" in section
+    csv = pd.read_csv(tmp_path / "report" / "results.csv")
+    assert sorted(csv["replicas"]) == [1, 2]
+
+
+def _replicas_left(cwd: Path) -> list[str]:
+    """The command lines of spawned processes still running in ``cwd`` (torch's replicas)."""
+    import psutil
+
+    left = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "multiprocessing" in command and process.info["cwd"] == str(cwd):
+            left.append(command)
+    return left
+
+
+def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
+    """torch-nn on DistributedDataParallel at 1 and 2 replicas of one thread each: the same
+    accuracy, the communication timed, the replica processes' memory counted."""
+    pytest.importorskip("torch")
+    from impls import registry
+
+    assert registry.get("torch-nn").data_parallel, "torch-nn has no data-parallel engine"
+    run_json = run_bench(
+        tmp_path, "--impl", "torch-nn", "--quick", "--no-startup", "--threads", "2",
+        "--replicas", "2", "-k", "test_replicas",
+    )  # fmt: skip
+    document = json.loads(run_json.read_text())
+    cases = {
+        case.replicas: case
+        for case in (from_extra_info(b["extra_info"]) for b in document["benchmarks"])
+    }
+    assert sorted(cases) == [1, 2]
+    one, two = cases[1], cases[2]
+    assert two.threads_per_replica == 1 and two.runtime["threads_per_replica"] == 1
+    assert two.final_test_accuracy == pytest.approx(one.final_test_accuracy, abs=1e-3)
+    assert all(r.communication_seconds is None for r in one.history)
+    assert all(r.communication_seconds > 0 for r in two.history)
+    # DDP's replicas are processes the worker started: counted in its tree's memory, and
+    # stopped with it.
+    assert two.peak_tree_pss_bytes > two.peak_rss_bytes
+    assert _replicas_left(REPO) == []
+    markdown = report.build_report([run_json], tmp_path / "report").read_text()
+    assert "## Data parallel" in markdown

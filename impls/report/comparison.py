@@ -137,6 +137,8 @@ def _point(row) -> str:
         point += f", {row['startup']}"
     elif row["kind"] in SIZE_KINDS:
         point += f", {int(row['size'])} × {int(row['size'])}"
+    elif row["kind"] == "replicas":
+        point += f", {plural(int(row['replicas']), 'replica')}"
     return point
 
 

@@ -40,6 +40,7 @@ def _row(run: Run, index: int, entry: Measurement) -> dict[str, Any]:
         "threads": getattr(case, "threads", None),
         "batch_size": getattr(case, "batch_size", None),
         "size": getattr(case, "size", IMAGE_SIZE),
+        "replicas": getattr(case, "replicas", 1),
         "median_s": timing.median,
         "q1_s": timing.q1,
         "q3_s": timing.q3,
@@ -103,10 +104,10 @@ def results_frame(
     """Every measurement of every run as one numeric DataFrame (one row per benchmark).
 
     Columns: machine, run, kind, group, name, implementation, device, threads,
-    batch_size, size (the images' side), median_s, q1_s, q3_s, iqr_s, iqr_fraction
-    (IQR / median), rounds, spell_rounds (how many of them ran during a spell of the host)
-    and quiet_median_s (the median of the others; both None where not recorded), min_s,
-    max_s, examples_per_s, first_epoch_s, final_test_accuracy,
+    batch_size, size (the images' side), replicas (data-parallel), median_s, q1_s, q3_s,
+    iqr_s, iqr_fraction (IQR / median), rounds, spell_rounds (how many of them ran during a
+    spell of the host) and quiet_median_s (the median of the others; both None where not
+    recorded), min_s, max_s, examples_per_s, first_epoch_s, final_test_accuracy,
     time_to_accuracy_s, peak_rss_mib, peak_rss_children_mib, peak_tree_pss_mib, startup, what,
     build_s, compile_s, gigabytes_per_s (the limit row's read rate), flops_per_s
     and floor_s (the compute row: its rate, and an epoch's products at that

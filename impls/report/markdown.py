@@ -19,6 +19,7 @@ from impls.report.plots import (
     predictions_figure,
 )
 from impls.report.previous import pair_previous
+from impls.report.replicas import replicas_section
 from impls.report.result_time import method_line as result_time_method_line
 from impls.report.result_time import time_to_result_lines
 from impls.report.runs import Run
@@ -385,6 +386,7 @@ def render(
         lines += ["", markdown_table(table), ""]
     lines += size_section(runs, figures, FIGURES_DIR, multi=multi)
     lines += baseline_section(runs, multi=multi)
+    lines += replicas_section(runs, multi=multi)
 
     settings = settings_table(runs, with_machine=multi)
     if settings is not None:

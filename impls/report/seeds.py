@@ -53,9 +53,9 @@ def seed_frame(runs: Sequence[Run]):
 
     Columns: run (the run's index), name, machine, kind, implementation, device,
     strategy, compilation_cache_warm (the runtime's, where it says), threads, batch_size,
-    seed, epochs, target_accuracy, final_test_accuracy, best_test_accuracy,
-    epochs_to_target, training_to_target_s (training epochs until the target, evaluation
-    excluded), process_start_s, data_load_s, import_s, build_s,
+    size, loader_workers, replicas, seed, epochs, target_accuracy, final_test_accuracy,
+    best_test_accuracy, epochs_to_target, training_to_target_s (training epochs until the
+    target, evaluation excluded), process_start_s, data_load_s, import_s, build_s,
     ready_s (start + import + build), time_to_result_s, and per :data:`CACHE_BUILDS`
     value V: build_V_s and time_to_result_V_s (None where the run has no such build).
     """
@@ -75,7 +75,8 @@ def seed_frame(runs: Sequence[Run]):
 
 _COLUMNS = [
     "run", "name", "machine", "kind", "implementation", "device", "strategy",
-    "compilation_cache_warm", "threads", "batch_size", "size", "loader_workers", "seed",
+    "compilation_cache_warm", "threads", "batch_size", "size", "loader_workers", "replicas",
+    "seed",
     "epochs", "target_accuracy", "final_test_accuracy", "best_test_accuracy",
     "epochs_to_target", "training_to_target_s", "process_start_s",
     "data_load_s", "import_s", "build_s", "ready_s", "time_to_result_s",
@@ -100,6 +101,7 @@ def _seed_row(run: Run, index: int, name: str, case: TrainingResult, seed_run, b
         "batch_size": case.batch_size,
         "size": case.size,
         "loader_workers": case.loader_workers,
+        "replicas": case.replicas,
         "seed": seed_run.seed,
         "epochs": len(history),
         "target_accuracy": target,

@@ -18,9 +18,9 @@ from impls.results import TRAINING_KINDS
 # The run and the case first, then the timing, then the seed's numbers.
 LEADING = ["run_file", "run_id", "date", "commit", "dirty", "machine", "kind", "implementation",
            "device", "strategy", "threads", "batch_size", "size", "loader_workers",
-           "seed"]  # fmt: skip
-WHOLE = ["threads", "batch_size", "size", "loader_workers", "seed", "rounds", "spell_rounds",
-         "epochs", "epochs_to_target"]  # fmt: skip
+           "replicas", "seed"]  # fmt: skip
+WHOLE = ["threads", "batch_size", "size", "loader_workers", "replicas", "seed", "rounds",
+         "spell_rounds", "epochs", "epochs_to_target"]  # fmt: skip
 TIMING = ["rounds", "median_epoch_s", "iqr_s", "q1_s", "q3_s", "spell_rounds",
           "examples_per_s", "peak_rss_mib", "peak_rss_children_mib",
           "peak_tree_pss_mib"]  # fmt: skip
