@@ -143,6 +143,14 @@ class Replicas:
             "replicas": self.count,
             "backend": self.backend,
             "launcher": self._launcher,
+            "communication_clock": (
+                "each step's gradient all-reduce, from its start to its completion, on the "
+                "host's clock, averaged over the replicas (waiting for the slower one "
+                "included)"
+                if self._timed
+                else f"not measured: {self.backend}'s collectives end on the device, unseen "
+                "by a host clock"
+            ),
         }
 
 
