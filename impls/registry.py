@@ -56,6 +56,9 @@ class Implementation:
     # "module:function" (framework-free) giving the environment variables a process needs
     # before it imports this framework, for a config (JAX's host devices for replicas).
     environment: str | None = None
+    # Why the benchmark leaves it out unless named with --impl (None: benchmarked by
+    # default): the bench must fit its time budget, and a slow build would break it.
+    opt_in: str | None = None
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -105,6 +108,17 @@ REGISTRY: dict[str, Implementation] = {
             "PyTorch nn.Sequential, CrossEntropyLoss, optim.SGD",
         ),
         Implementation(
+            "torch-compile",
+            "impls.torch_nn",
+            ("torch",),
+            "torch",
+            "PyTorch nn + torch.compile (inductor) of the model, called per batch",
+            compile_cache_env="FMBENCH_TORCH_CACHE_DIR",
+            factory="make_compiled_trainer",
+            opt_in="its build compiles for about 20 s on 2 cores, and its epochs are no faster "
+            "than torch-nn's",
+        ),
+        Implementation(
             "jax",
             "impls.jax_optax",
             ("jax", "optax"),
@@ -141,6 +155,11 @@ REGISTRY: dict[str, Implementation] = {
         ),
     )
 }
+
+
+def benchmarked_by_default() -> tuple[str, ...]:
+    """The implementations the benchmark runs when none is named: all but the opt-in ones."""
+    return tuple(name for name, impl in REGISTRY.items() if impl.opt_in is None)
 
 
 def get(name: str) -> Implementation:

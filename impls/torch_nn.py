@@ -10,18 +10,21 @@ transposed, (10, 784). The dataset is moved to the device once, as float32
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from impls.config import TrainConfig
-from impls.data import FashionMNIST, check_order
+from impls.data import FashionMNIST, batch_bounds, check_order
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
     Accumulator,
+    InductorCompiler,
     apply_threads,
     build_net,
+    check_cpp_compiler,
     count_correct,
     evaluate_batches,
     flat_images,
@@ -29,6 +32,7 @@ from impls.torch_support import (
     place,
     runtime_info,
     shuffled_batches,
+    synchronize,
     tensor_batches,
     torch_devices,
 )
@@ -42,6 +46,7 @@ class TorchNNTrainer:
         self._device, self._threads, on_device = place(data, config)
         self._train_x, self._train_y, self._test_x, self._test_y = on_device
         self._net = build_net(params, self._device)
+        self._train_net: nn.Module = self._net  # what each step calls (torch-compile: compiled)
         # Mean over each batch, as the protocol asks: the last, shorter batch takes its own mean.
         self._loss = nn.CrossEntropyLoss(reduction="mean")
         self._summed_loss = nn.CrossEntropyLoss(reduction="sum")
@@ -54,7 +59,7 @@ class TorchNNTrainer:
         sums = Accumulator(self._device)
         batches = shuffled_batches(self._train_x, self._train_y, order, self._config.batch_size)
         for images, labels in batches:
-            logits = self._net(images)
+            logits = self._train_net(images)
             loss = self._loss(logits, labels)
             self._optimizer.zero_grad()
             loss.backward()
@@ -88,8 +93,48 @@ class TorchNNTrainer:
         }
 
 
+class CompiledTorchNNTrainer(TorchNNTrainer):
+    """torch-nn's steps through ``torch.compile(model)``, compiled while it is built.
+
+    Evaluation and prediction run the same parameters eagerly: only training is compiled.
+    """
+
+    def __init__(self, data: FashionMNIST, params: Params, config: TrainConfig) -> None:
+        super().__init__(data, params, config)
+        check_cpp_compiler(self._device)
+        self._compiler = InductorCompiler()
+        self._train_net = torch.compile(self._net)
+        # Compile now, so that the first epoch times training only: each batch length an
+        # epoch has, the full batches first (inductor then makes the batch dimension dynamic).
+        lengths = {stop - start for start, stop in batch_bounds(data.num_train, config.batch_size)}
+        for length in sorted(lengths, reverse=True):
+            self._compiler.run(f"step[{length}]", partial(self._warm_up, length, data.num_inputs))
+
+    def _warm_up(self, length: int, num_inputs: int) -> None:
+        """Forward and backward on a batch of zeros, no optimizer step: the weights stay the
+        shared initial ones."""
+        images = torch.zeros((length, num_inputs), device=self._device)
+        labels = torch.zeros(length, dtype=torch.int64, device=self._device)
+        self._loss(self._train_net(images), labels).backward()
+        self._optimizer.zero_grad()
+        synchronize(self._device)
+
+    def runtime_info(self) -> Mapping[str, object]:
+        info = dict(super().runtime_info())
+        info["strategy"] = "torch.compile (inductor) model, per batch: float32 on device"
+        return {**info, **self._compiler.info()}
+
+
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> TorchNNTrainer:
+    """The ``torch-nn`` entry: eager."""
     return TorchNNTrainer(data, params, config)
+
+
+def make_compiled_trainer(
+    data: FashionMNIST, params: Params, config: TrainConfig
+) -> CompiledTorchNNTrainer:
+    """The ``torch-compile`` entry: the model compiled by ``torch.compile`` (inductor)."""
+    return CompiledTorchNNTrainer(data, params, config)
 
 
 available_devices = torch_devices  # the protocol's name for the PyTorch devices present
