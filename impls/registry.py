@@ -112,7 +112,7 @@ REGISTRY: dict[str, Implementation] = {
             "impls.torch_nn",
             ("torch",),
             "torch",
-            "PyTorch nn + torch.compile (inductor) of the model, called per batch",
+            "PyTorch nn + torch.compile (inductor) of forward and loss, one call per batch",
             compile_cache_env="FMBENCH_TORCH_CACHE_DIR",
             factory="make_compiled_trainer",
             opt_in="its build compiles for about 20 s on 2 cores, and its epochs are no faster "

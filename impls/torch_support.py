@@ -235,7 +235,7 @@ def configure_inductor_cache() -> dict[str, object]:
 
 
 def _choose_inductor_cache() -> dict[str, object]:
-    user = os.environ.get(INDUCTOR_CACHE_ENV)
+    user = _users_inductor_cache()
     default, default_by = (
         (Path(user), f"${INDUCTOR_CACHE_ENV}")
         if user
@@ -252,6 +252,17 @@ def _choose_inductor_cache() -> dict[str, object]:
     os.environ[INDUCTOR_CACHE_ENV] = str(path or _private_directory())
     shown = None if path is None else str(path)
     return {"compilation_cache_dir": shown, "compilation_cache_set_by": set_by}
+
+
+def _users_inductor_cache() -> str | None:
+    """``$TORCHINDUCTOR_CACHE_DIR`` as the user set it: inductor, once imported, writes its
+    own default there when the variable is unset, which is not a choice of the user's."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
+
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not value or os.path.abspath(value) == os.path.abspath(inductor_default()):
+        return None
+    return value
 
 
 def _private_directory() -> Path:

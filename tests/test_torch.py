@@ -279,6 +279,12 @@ def test_inductor_cache_directory_follows_the_variables(monkeypatch, tmp_path):
     assert choose() == {"compilation_cache_dir": None, "compilation_cache_set_by": f"${ours}"}
     private = Path(os.environ[inductor])
     assert private.is_dir() and private.name.startswith("fmbench-inductor-")
+    # Inductor's own default, which it writes into the variable itself, is nobody's choice.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(inductor, default_cache_dir())
+    monkeypatch.delenv(ours)
+    assert choose()["compilation_cache_set_by"] == "fmbench default"
 
 
 _COMPILED_IN_A_FRESH_PROCESS = """
