@@ -115,8 +115,9 @@ REGISTRY: dict[str, Implementation] = {
             "PyTorch nn + torch.compile (inductor) of forward and loss, one call per batch",
             compile_cache_env="FMBENCH_TORCH_CACHE_DIR",
             factory="make_compiled_trainer",
-            opt_in="its build compiles for about 20 s on 2 cores, and its epochs are no faster "
-            "than torch-nn's",
+            opt_in="its build compiles for 20-25 s from an empty cache, as the bench's "
+            "start-up rows do three times a run, for epochs slower than torch-nn's: see "
+            "PERFORMANCE.md",
         ),
         Implementation(
             "jax",
