@@ -127,8 +127,11 @@ def add_options(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="implementation to benchmark (repeatable; default: all of "
-        f"{', '.join(registry.REGISTRY)})",
+        help="implementation to benchmark (repeatable; default: all but the opt-in ones, "
+        f"{', '.join(registry.benchmarked_by_default())}); opt-in, run only when named: "
+        + "; ".join(
+            f"{name} ({impl.opt_in})" for name, impl in registry.REGISTRY.items() if impl.opt_in
+        ),
     )
     add(
         "--device",
@@ -338,7 +341,7 @@ def _given_or(value: int | None, default: int) -> int:
 def resolve_settings(config: pytest.Config) -> Settings:
     """The session's :class:`Settings`; a bad option is a ``pytest.UsageError`` naming it."""
     option = config.getoption
-    impls = tuple(dict.fromkeys(option("impl"))) or tuple(registry.REGISTRY)
+    impls = tuple(dict.fromkeys(option("impl"))) or registry.benchmarked_by_default()
     for name in impls:
         if name not in registry.REGISTRY:
             raise pytest.UsageError(

@@ -342,7 +342,8 @@ def _report_and_write(args: argparse.Namespace, history, trainer, data, out: Pat
 
 
 def run_list(_: argparse.Namespace) -> int:
-    """One line per registered implementation: installed or not, and its devices."""
+    """A few lines per registered implementation: installed or not, its devices, whether it
+    takes replicas, and why the benchmark leaves it out unless named (opt-in)."""
     for impl in registry.REGISTRY.values():
         if impl.is_installed():
             try:
@@ -355,6 +356,8 @@ def run_list(_: argparse.Namespace) -> int:
             status = f"missing {missing} ({impl.install_command})"
         parallel = f"replicas: {impl.data_parallel}" if impl.data_parallel else "one device only"
         print(f"{impl.name:14s} {status}\n{'':14s} {impl.summary}\n{'':14s} {parallel}")
+        if impl.opt_in:
+            print(f"{'':14s} opt-in for the benchmark (--impl {impl.name}): {impl.opt_in}")
     return 0
 
 

@@ -56,6 +56,9 @@ class Implementation:
     # "module:function" (framework-free) giving the environment variables a process needs
     # before it imports this framework, for a config (JAX's host devices for replicas).
     environment: str | None = None
+    # Why the benchmark leaves it out unless named with --impl (None: benchmarked by
+    # default): the bench must fit its time budget, and a slow build would break it.
+    opt_in: str | None = None
 
     def missing(self) -> list[str]:
         """The required top-level modules that cannot be found (without importing them)."""
@@ -109,6 +112,18 @@ REGISTRY: dict[str, Implementation] = {
             data_parallel="torch.distributed DDP (gloo on CPU, nccl on CUDA)",
         ),
         Implementation(
+            "torch-compile",
+            "impls.torch_nn",
+            ("torch",),
+            "torch",
+            "PyTorch nn + torch.compile (inductor) of forward and loss, one call per batch",
+            compile_cache_env="FMBENCH_TORCH_CACHE_DIR",
+            factory="make_compiled_trainer",
+            opt_in="its build compiles for 20-25 s from an empty cache, as the bench's "
+            "start-up rows do three times a run, for epochs slower than torch-nn's: see "
+            "PERFORMANCE.md",
+        ),
+        Implementation(
             "jax",
             "impls.jax_optax",
             ("jax", "optax"),
@@ -148,6 +163,11 @@ REGISTRY: dict[str, Implementation] = {
         ),
     )
 }
+
+
+def benchmarked_by_default() -> tuple[str, ...]:
+    """The implementations the benchmark runs when none is named: all but the opt-in ones."""
+    return tuple(name for name, impl in REGISTRY.items() if impl.opt_in is None)
 
 
 def get(name: str) -> Implementation:

@@ -1,4 +1,5 @@
-"""Helpers shared by the PyTorch implementations: devices, threads, data, counting, the model.
+"""Helpers shared by the PyTorch implementations: devices, threads, data, counting, the model,
+and torch-compile's compiler check, compilation cache and compile times.
 
 Not an implementation itself (it is not in the registry); only PyTorch modules
 import it, so importing it without torch installed is never attempted.
@@ -6,23 +7,35 @@ import it, so importing it without torch installed is never attempted.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from impls import registry
+from impls.compile_cache import cache_use, choose_directory
 from impls.config import TrainConfig
 from impls.data import (
     EVAL_BATCH,
     NUM_CLASSES,
     FashionMNIST,
     batch_bounds,
+    default_cache_dir,
     pixels_per_image,
     to_float32,
 )
 from impls.protocol import DeviceUnavailableError, Evaluation, Params
+
+COMPILE_CACHE_ENV = registry.get("torch-compile").compile_cache_env
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # inductor's own, read when it compiles
 
 
 def torch_devices() -> list[str]:
@@ -219,3 +232,125 @@ def linear_params(linear: nn.Linear) -> Params:
     """``linear``'s weights as shared-layout NumPy parameters, W (784, 10)."""
     weights = linear.weight.detach().to("cpu", copy=True).numpy().T
     return Params(np.ascontiguousarray(weights), linear.bias.detach().to("cpu", copy=True).numpy())
+
+
+# ------------------------------------------------ compilation (the torch-compile entry)
+
+
+_inductor_cache: dict[str, object] | None = None  # decided once per process
+
+
+def configure_inductor_cache() -> dict[str, object]:
+    """Point inductor's on-disk caches (FX graphs, AOTAutograd, kernels) at fmbench's directory.
+
+    Decided once per process, before the first compile: ``$FMBENCH_TORCH_CACHE_DIR``
+    (empty: no persistent cache), else ``$TORCHINDUCTOR_CACHE_DIR``, else
+    ``torch-inductor-cache`` under :func:`impls.data.default_cache_dir`.
+    """
+    global _inductor_cache
+    if _inductor_cache is None:
+        _inductor_cache = _choose_inductor_cache()
+    return dict(_inductor_cache)
+
+
+def _choose_inductor_cache() -> dict[str, object]:
+    user = _users_inductor_cache()
+    default, default_by = (
+        (Path(user), f"${INDUCTOR_CACHE_ENV}")
+        if user
+        else (default_cache_dir() / "torch-inductor-cache", "fmbench default")
+    )
+    path, set_by = choose_directory(COMPILE_CACHE_ENV, default, default_by)
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            path, set_by = None, f"off: {error}"
+    # Inductor always writes its kernels somewhere; without a cache, to a directory of
+    # this process alone, so nothing compiled by another run is found there.
+    os.environ[INDUCTOR_CACHE_ENV] = str(path or _private_directory())
+    shown = None if path is None else str(path)
+    return {"compilation_cache_dir": shown, "compilation_cache_set_by": set_by}
+
+
+def _users_inductor_cache() -> str | None:
+    """``$TORCHINDUCTOR_CACHE_DIR`` as the user set it: inductor, once imported, writes its
+    own default there when the variable is unset, which is not a choice of the user's."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
+
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not value or os.path.abspath(value) == os.path.abspath(inductor_default()):
+        return None
+    return value
+
+
+def _private_directory() -> Path:
+    """A new temporary directory, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="fmbench-inductor-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def inductor_cache_entries(directory: str | None) -> int | None:
+    """The number of compiled graphs in inductor's cache ``directory`` (None: no cache)."""
+    if not directory:
+        return None
+    return sum(len(files) for _, _, files in os.walk(Path(directory) / "fxgraph"))
+
+
+def check_cpp_compiler(device: torch.device) -> None:
+    """A MissingFrameworkError naming what to install when inductor, which compiles its CPU
+    kernels as C++, finds no working compiler (instead of a long traceback mid-compile)."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import config, cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        tried = ", ".join(name for name in config.cpp.cxx if name)
+        raise registry.MissingFrameworkError(
+            f"torch.compile on cpu needs a C++ compiler for inductor's kernels, and none works "
+            f"here (tried {tried}): install one (Debian/Ubuntu: apt-get install g++) or set "
+            "$CXX to one"
+        ) from None
+
+
+def _cache_lookups() -> tuple[int, int]:
+    """Inductor's FX graph cache hits and misses so far in this process."""
+    from torch._dynamo.utils import counters  # private: inductor's own counters
+
+    # Indexed afresh each time: dynamo replaces the inner counters now and then.
+    inductor = counters["inductor"]
+    return inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"]
+
+
+class InductorCompiler:
+    """One trainer's compilations by ``torch.compile``: their times and the cache they used."""
+
+    def __init__(self) -> None:
+        self._cache = configure_inductor_cache()
+        self._cache["compilation_cache_entries_before"] = inductor_cache_entries(
+            self._cache["compilation_cache_dir"]
+        )
+        self._seconds: dict[str, float] = {}
+        self._hits = self._misses = 0
+
+    def run(self, name: str, first_call: Callable[[], None]) -> None:
+        """Run ``first_call``, which compiles (or loads from the cache), timed as ``name``."""
+        hits, misses = _cache_lookups()
+        start = time.perf_counter()
+        first_call()
+        self._seconds[name] = time.perf_counter() - start
+        hits_after, misses_after = _cache_lookups()
+        self._hits += hits_after - hits
+        self._misses += misses_after - misses
+
+    def info(self) -> dict[str, object]:
+        """The cache and the compile times, for the trainer's ``runtime_info``."""
+        return {
+            **self._cache,
+            **cache_use(self._cache["compilation_cache_dir"], self._hits, self._misses),
+            "compile_seconds": round(sum(self._seconds.values()), 4),
+            "compile_seconds_by_program": {k: round(v, 4) for k, v in self._seconds.items()},
+        }

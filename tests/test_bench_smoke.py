@@ -15,7 +15,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("tabulate")
 pytest.importorskip("matplotlib")
 
-from impls import report  # noqa: E402
+from impls import registry, report  # noqa: E402
 from impls.results import SCHEMA, TrainingResult, from_extra_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -344,3 +344,25 @@ def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
     assert _replicas_left(REPO) == []
     markdown = report.build_report([run_json], tmp_path / "report").read_text()
     assert "## Data parallel" in markdown
+
+
+def test_opt_in_implementations_are_benchmarked_only_when_named() -> None:
+    """By default the benchmark leaves out the opt-in implementations (torch-compile: its build
+    would break the run's time budget); ``--impl NAME`` brings one in, start-up rows too."""
+
+    def collected(*args: str) -> str:
+        command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider",
+                   "--collect-only", "-q", *args]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        return done.stdout
+
+    opt_in = [name for name, impl in registry.REGISTRY.items() if impl.opt_in]
+    default = collected()
+    assert "test_epoch[numpy-cpu]" in default
+    assert opt_in and not any(f"[{name}-cpu" in default for name in opt_in)
+    for name in opt_in:
+        named = collected("--impl", name)
+        assert f"test_epoch[{name}-cpu]" in named
+        if registry.REGISTRY[name].compile_cache_env:
+            assert f"test_compile[{name}-cpu-compile-cold]" in named

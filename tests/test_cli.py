@@ -483,6 +483,11 @@ def test_list_shows_every_implementation(capsys):
     takers = [impl for impl in registry.REGISTRY.values() if impl.data_parallel]
     assert all(f"replicas: {impl.data_parallel}" in out for impl in takers)
     assert out.count("one device only") == len(registry.REGISTRY) - len(takers)
+    # Which ones the benchmark leaves out unless named, and why.
+    opt_in = [impl for impl in registry.REGISTRY.values() if impl.opt_in]
+    for impl in opt_in:
+        assert f"opt-in for the benchmark (--impl {impl.name}): {impl.opt_in}" in out
+    assert out.count("opt-in for the benchmark") == len(opt_in)
 
 
 def test_list_survives_a_missing_framework(monkeypatch, capsys):

@@ -247,6 +247,7 @@ CUT_IN = {
     "numpy": "numpy_softmax",
     "torch-scratch": "torch_support",
     "torch-nn": "torch_support",
+    "torch-compile": "torch_support",
     "jax-step": "jax_optax",
 }
 

@@ -7,6 +7,12 @@ log-space loss; gradients are held to the NumPy oracle of
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,9 +21,11 @@ torch = pytest.importorskip("torch")
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import numpy_softmax, torch_nn, torch_scratch, torch_support  # noqa: E402
+from impls.cli import main  # noqa: E402
 from impls.config import TrainConfig  # noqa: E402
 from impls.data import MinibatchOrder, split_batches, to_float32  # noqa: E402
 from impls.protocol import DeviceUnavailableError, Params  # noqa: E402
+from impls.registry import MissingFrameworkError  # noqa: E402
 from impls.training import init_params  # noqa: E402
 
 # One step's gradient in float32: only the summation order differs from NumPy's.
@@ -214,6 +222,107 @@ def test_cuda_epoch_matches_cpu(module, real_data):
     # TF32 is off by default for matmuls, so the GPU computes in float32 as well.
     np.testing.assert_allclose(cuda_params.weights, cpu_params.weights, rtol=1e-4, atol=1e-5)
     assert cuda_stats.loss == pytest.approx(cpu_stats.loss, rel=1e-4)
+
+
+# ------------------------------------------------------------ torch-compile
+
+
+def test_compiled_build_compiles_every_step_and_leaves_the_weights(tiny_data, default_config):
+    """The build compiles each batch length an epoch has (600 examples: 256 and 88) on batches
+    of zeros, with no optimizer step; the first epoch then compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # forget what earlier tests compiled: this build must compile it all
+    initial = init_params(default_config)
+    trainer = torch_nn.make_compiled_trainer(tiny_data, initial, default_config)
+    info = trainer.runtime_info()
+    assert set(info["compile_seconds_by_program"]) == {"step[256]", "step[88]"}
+    assert info["compile_seconds"] > 0 and "torch.compile" in info["strategy"]
+    np.testing.assert_array_equal(trainer.parameters().weights, initial.weights)
+    np.testing.assert_array_equal(trainer.parameters().bias, initial.bias)
+    graphs = counters["stats"]["unique_graphs"]
+    trainer.train_epoch(MinibatchOrder(tiny_data.num_train, 0).epoch(0))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compiled_build_without_a_cpp_compiler_names_what_to_install(
+    tiny_data, default_config, monkeypatch, tmp_path, capsys, real_data
+):
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-compiler-fmbench"))
+    message = r"needs a C\+\+ compiler .*tried no-such-compiler-fmbench.*apt-get install g\+\+"
+    with pytest.raises(MissingFrameworkError, match=message):
+        torch_nn.make_compiled_trainer(tiny_data, init_params(default_config), default_config)
+    out = tmp_path / "run"
+    assert main(["train", "torch-compile", "--epochs", "1", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fmbench: error: torch.compile on cpu needs a C++ compiler")
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_inductor_cache_directory_follows_the_variables(monkeypatch, tmp_path):
+    """$FMBENCH_TORCH_CACHE_DIR, else $TORCHINDUCTOR_CACHE_DIR; set but empty: no cache, inductor
+    writing to a directory of the process's own."""
+    choose = torch_support._choose_inductor_cache
+    inductor, ours = torch_support.INDUCTOR_CACHE_ENV, torch_support.COMPILE_CACHE_ENV
+    monkeypatch.setenv(inductor, str(tmp_path / "inductor"))
+    monkeypatch.delenv(ours, raising=False)
+    assert choose() == {
+        "compilation_cache_dir": str(tmp_path / "inductor"),
+        "compilation_cache_set_by": f"${inductor}",
+    }
+    monkeypatch.setenv(ours, str(tmp_path / "ours"))
+    assert choose()["compilation_cache_dir"] == str(tmp_path / "ours")
+    assert os.environ[inductor] == str(tmp_path / "ours") and (tmp_path / "ours").is_dir()
+    monkeypatch.setenv(ours, "")
+    assert choose() == {"compilation_cache_dir": None, "compilation_cache_set_by": f"${ours}"}
+    private = Path(os.environ[inductor])
+    assert private.is_dir() and private.name.startswith("fmbench-inductor-")
+    # Inductor's own default, which it writes into the variable itself, is nobody's choice.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(inductor, default_cache_dir())
+    monkeypatch.delenv(ours)
+    assert choose()["compilation_cache_set_by"] == "fmbench default"
+
+
+_COMPILED_IN_A_FRESH_PROCESS = """
+import json
+import numpy as np
+from impls import torch_nn
+from impls.config import TrainConfig
+from impls.data import FashionMNIST
+from impls.training import init_params
+rng = np.random.default_rng(0)
+data = FashionMNIST(
+    rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
+    rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
+)
+config = TrainConfig(threads=1)
+trainer = torch_nn.make_compiled_trainer(data, init_params(config), config)
+print(json.dumps(dict(trainer.runtime_info())))
+"""
+
+
+def test_fresh_processes_compile_cold_then_load_from_the_cache(tmp_path):
+    """What the benchmark's compile-cold and compile-warm rows rely on."""
+    env = {**os.environ, torch_support.COMPILE_CACHE_ENV: str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", _COMPILED_IN_A_FRESH_PROCESS],
+            env=env, capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert cold["compilation_cache_dir"] == str(tmp_path / "cache")
+    assert cold["compilation_cache_entries_before"] == 0
+    # Two batch lengths (256 and 88), a forward and a backward graph each.
+    assert cold["compilation_cache_misses"] == 4 and cold["compilation_cache_warm"] is False
+    assert warm["compilation_cache_entries_before"] >= 4
+    assert warm["compilation_cache_hits"] == 4 and warm["compilation_cache_warm"] is True
+    assert warm["compile_seconds"] < cold["compile_seconds"]
 
 
 # ------------------------------------------------------- the d2l reference
