@@ -119,9 +119,8 @@ REGISTRY: dict[str, Implementation] = {
             "PyTorch nn + torch.compile (inductor) of forward and loss, one call per batch",
             compile_cache_env="FMBENCH_TORCH_CACHE_DIR",
             factory="make_compiled_trainer",
-            opt_in="its build compiles for 20-25 s from an empty cache, as the bench's "
-            "start-up rows do three times a run, for epochs slower than torch-nn's: see "
-            "PERFORMANCE.md",
+            opt_in="its build compiles for 20-25 s from an empty cache (the bench's start-up "
+            "rows do it once a run), for epochs slower than torch-nn's: see PERFORMANCE.md",
         ),
         Implementation(
             "jax",
