@@ -12,7 +12,7 @@ import pytest
 from bench_workers import DEFAULT_TIMEOUT
 
 from impls import registry
-from impls.config import LR_RULE, TrainConfig, usable_cores
+from impls.config import BOOK_LOADER_WORKERS, LR_RULE, TrainConfig, usable_cores
 from impls.run_info import SCHEDULES, VISIT_TIMED
 
 DEFAULT_EPOCHS = 10
@@ -20,7 +20,7 @@ DEFAULT_SEEDS = 3
 # A compile from an empty cache is long (Numba's 24 to 27 s on 2 cores) and steady
 # (rounds of one run within 5 %): one round, whose filled cache the warm rounds then use.
 DEFAULT_COLD_ROUNDS = 1
-DEFAULT_LOADER_WORKERS = (0, 2, 4)  # the book's is 4 (get_dataloader_workers)
+DEFAULT_LOADER_WORKERS = (0, 2, BOOK_LOADER_WORKERS)
 DEFAULT_LOADER_ROUNDS = 2
 QUICK_EPOCHS = 2
 DEFAULT_SWEEP_ROUNDS = 3  # each sweep point's timed epochs: a median and an IQR

@@ -13,6 +13,7 @@ class ConfigError(ValueError):
 
 
 NATIVE_PIXELS = 28 * 28  # pixels of a Fashion-MNIST image as stored
+BOOK_LOADER_WORKERS = 4  # the book's DataLoader workers (d2l's get_dataloader_workers())
 LR_RULE = "lr × pixels per image held constant: lr = 0.1 × 784 / pixels (0.1 at 28 × 28)"
 
 
@@ -59,7 +60,7 @@ class TrainConfig:
     threads: int | None = None
     resize: int | None = None  # the images' side after torchvision's Resize; None: 28, as stored
     # DataLoader worker processes of an implementation that streams its batches through
-    # one (d2l-reference); None: its own default (the book's 4). Others have no loader.
+    # one (d2l-reference); None: the book's BOOK_LOADER_WORKERS. Others have no loader.
     loader_workers: int | None = None
     # Data-parallel replicas of one training run (synchronous SGD on the shared global
     # minibatches); only implementations with a framework engine for it take more than 1.

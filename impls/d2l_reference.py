@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from impls.config import TrainConfig
+from impls.config import BOOK_LOADER_WORKERS, TrainConfig
 from impls.data import FASHION_MNIST, FashionMNIST, encode_idx, to_float32
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.torch_support import (
@@ -50,7 +50,7 @@ from impls.torch_support import (
     torch_devices,
 )
 
-BOOK_WORKERS = 4  # the book's get_dataloader_workers()
+BOOK_WORKERS = BOOK_LOADER_WORKERS  # the book's get_dataloader_workers()
 # A worker that has not delivered its probe sample by then is taken as unable to run.
 PROBE_TIMEOUT_S = 60
 

@@ -9,6 +9,7 @@ from test_report import _entry, _stats, _training, bench_nodeid, make_run, write
 from impls import report
 from impls.report.baseline import baseline_section
 from impls.report.runs import load_run
+from impls.report.text import number
 from impls.results import LoaderResult
 
 EPOCH = {0: 3.0, 2: 4.0, 4: 5.0}  # the training epoch with N workers
@@ -51,6 +52,32 @@ def test_the_breakdown_sets_the_loader_alone_against_the_epoch(tmp_path: Path) -
     assert cells[2][4:] == ["—", "—", "—"]  # no loader-alone point at 4 workers
     text = report.build_report([tmp_path / "run.json"], tmp_path / "out").read_text()
     assert "## Baseline breakdown" in text
+
+
+def test_the_main_run_stands_for_the_books_workers(tmp_path: Path) -> None:
+    """With no loader point at the book's 4 workers, the main run's d2l-reference epochs,
+    the same configuration, fill its row, and the row says so."""
+    document = make_run(skipped=False)
+    document["benchmarks"] += [
+        entry
+        for entry in _loader_entries()
+        if not entry["fullname"].endswith("workers4]")  # not trained again
+    ]
+    main = next(b for b in document["benchmarks"] if b["name"] == "test_epoch[d2l-reference-cpu]")
+    main["extra_info"]["runtime"]["num_workers"] = 4
+    run = load_run(write(tmp_path / "run.json", document))
+    lines = "\n".join(baseline_section([run], multi=False)).splitlines()
+    rows = [line for line in lines if line.startswith("| d2l-reference")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert [row[2] for row in cells] == ["0", "2", "4"]
+    assert cells[2][3] == f"{_seconds_of(main)} (main run)"
+    assert "(main run)" not in cells[0][3] + cells[1][3]
+
+
+def _seconds_of(entry: dict) -> str:
+    """An entry's median (IQR) as the breakdown writes it."""
+    stats = entry["stats"]
+    return f"{number(stats['median'])} ({number(stats['iqr'], 2)})"
 
 
 def test_runs_without_the_breakdown_have_no_section(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The report's *Baseline breakdown*: how much of the book's epoch is its input pipeline.
 
 Read from the ``loader`` cases (d2l-reference's training epoch with N DataLoader
-workers) and the ``loader-only`` cases (its loader iterated for an epoch with no
+workers; with the book's number, the main run's ``epoch`` case, the same configuration)
+and the ``loader-only`` cases (its loader iterated for an epoch with no
 training, :class:`impls.results.LoaderResult`) of ``benchmarks/test_baseline_bench.py``.
 """
 
@@ -33,6 +34,17 @@ def breakdown_table(run: Run, *, with_machine: bool):
         }
 
     epochs, alone = by_point("loader"), by_point("loader-only")
+    # The main run's epochs stand for the point of its own configuration (the book's workers),
+    # which the bench then does not train again.
+    from_main = {
+        (m.implementation, m.case.device, m.case.runtime.get("num_workers")): m
+        for m in run.of_kind("epoch")
+        if m.case.runtime.get("num_workers") is not None
+    }
+    main_points = {
+        point for point in from_main if point not in epochs and point[:2] in {p[:2] for p in alone}
+    }
+    epochs.update({point: from_main[point] for point in main_points})
     rows = []
     for point in sorted(set(epochs) | set(alone)):
         impl, device, workers = point
@@ -44,7 +56,8 @@ def breakdown_table(run: Run, *, with_machine: bool):
                 "implementation": impl,
                 "device": device,
                 "DataLoader workers": workers,
-                "training epoch [s] (IQR)": _seconds(epoch),
+                "training epoch [s] (IQR)": _seconds(epoch)
+                + (" (main run)" if point in main_points else ""),
                 "loader alone [s] (IQR)": _seconds(loader),
                 "loader / epoch": "—" if share is None else f"{share:.0%}",
                 "the rest [s]": number(epoch.median - loader.median) if share else "—",
@@ -70,7 +83,8 @@ def baseline_section(runs: Sequence[Run], *, multi: bool) -> list[str]:
         "loader for an epoch with no training (sampler, per-image transforms, workers, "
         "collation); *the rest* is what training adds, the framework's share. The loader's "
         "time overlaps training when it has workers, so *loader / epoch* is the input "
-        "pipeline's weight, not a sum of parts. One warm-up epoch, then the timed ones.",
+        "pipeline's weight, not a sum of parts. One warm-up epoch, then the timed ones; "
+        "*(main run)*: the main run's epochs, which are that configuration, not trained again.",
         "",
     ]
     for table in tables:
