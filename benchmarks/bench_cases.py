@@ -8,12 +8,13 @@ of one worker (implementation, device, threads) in a row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
 from bench_options import BOOK_SIZE, SWEEP_EXCLUDED, Settings
 
-from impls.config import TrainConfig, lr_at_size, usable_cores
+from impls.config import BOOK_LOADER_WORKERS, TrainConfig, lr_at_size, usable_cores
 from impls.data import IMAGE_SIZE
 from impls.registry import REGISTRY
 from impls.results import GROUPS
@@ -253,6 +254,24 @@ def item_case(item: pytest.Item) -> Case | StartupCase | None:
         if name in params:
             return params[name]
     return None
+
+
+def timed_by_the_main_run(items: Sequence[pytest.Item]) -> list[pytest.Item]:
+    """The baseline's training points at the book's DataLoader workers whose implementation's
+    main run is among ``items``: the same configuration, which the report reads there."""
+    main = {
+        (case.impl, case.device)
+        for case in map(item_case, items)
+        if isinstance(case, Case) and case.kind == "epoch"
+    }
+    return [
+        item
+        for item in items
+        if isinstance(case := item_case(item), Case)
+        and case.kind == "loader"
+        and case.loader_workers == BOOK_LOADER_WORKERS
+        and (case.impl, case.device) in main
+    ]
 
 
 def has_no_case(item: pytest.Item) -> bool:

@@ -162,10 +162,6 @@ class MainRun:
         self._started = False
         self._done = False
 
-    def times(self, impl: str, device: str) -> bool:
-        """Whether this run times implementation ``impl``'s epochs on ``device``."""
-        return any((case.impl, case.device) == (impl, device) for case in self.runs)
-
     def outcome(self, case: Case) -> CaseRun:
         """``case``'s part of the run, running the whole schedule the first time."""
         if not self._done:

@@ -98,17 +98,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(trylast=True)
+@pytest.hookimpl(trylast=True)  # after -k and -m have chosen what runs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop sweeps and start-up measurements when asked; order the rest so each worker's
-    cases run in a row, and the start-up measurements last."""
+    """Drop sweeps and start-up measurements when asked, and the baseline's points the main
+    run times; order the rest so each worker's cases run in a row, the start-up last."""
     settings = config.stash[SETTINGS_KEY]
     dropped = [] if settings.sweeps else ["sweep"]
     dropped += [] if settings.startup else ["startup"]
+    in_main_run = bench_cases.timed_by_the_main_run(items)
     kept = [
         item
         for item in items
         if not any(item.get_closest_marker(m) for m in dropped)
         and not bench_cases.has_no_case(item)
+        and item not in in_main_run
     ]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])

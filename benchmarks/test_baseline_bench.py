@@ -5,7 +5,8 @@ and a ``DataLoader`` with the book's 4 worker processes (2 cores here). For
 each number of workers in ``--loader-workers`` (default 0, 2, 4), two points:
 
 * ``loader``: the whole training epoch with that many workers (with the book's 4,
-  the main run's epochs, when it runs: the same configuration);
+  the main run's epochs when it runs, the same configuration: that point is then
+  deselected, :func:`bench_cases.timed_by_the_main_run`);
 * ``loader-only``: the same loader iterated for an epoch with no training
   (``load_batches``): the input pipeline alone.
 
@@ -24,7 +25,6 @@ import pytest
 from bench_options import Settings
 from test_softmax_bench import _start, _sweep
 
-from impls.config import BOOK_LOADER_WORKERS
 from impls.results import LoaderResult, to_extra_info
 
 pytestmark = [
@@ -38,15 +38,8 @@ def test_loader_workers(
     settings: Settings,
     workers: bench_workers.WorkerPool,
     loader_case: bench_cases.Case,
-    main_run: bench_schedule.MainRun,
 ) -> None:
     """The baseline's training epoch with ``loader_workers`` DataLoader workers."""
-    if loader_case.loader_workers == BOOK_LOADER_WORKERS and main_run.times(
-        loader_case.impl, loader_case.device
-    ):
-        # The main run times this very configuration (the book's workers, the run's threads
-        # and batch): the report reads its epochs for this point rather than training more.
-        return
     result = _sweep(benchmark, settings, workers, loader_case, settings.loader_rounds)
     assert result.loader_workers == result.runtime["num_workers"] == loader_case.loader_workers
 

@@ -146,7 +146,6 @@ def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_ep
 @pytest.mark.parametrize("epochs", [2, 3, 4, 5, 10])
 def test_every_schedule_trains_the_epochs_asked_and_times_its_share(schedule, epochs) -> None:
     main, cases, log, _ = schedule_of(schedule, epochs=epochs)
-    assert main.times("a", "cpu") and not main.times("a", "cuda") and not main.times("z", "cpu")
     runs = [main.outcome(case) for case in cases]
     assert all(log.count(name) == epochs for name in "abc")
     # Each round is the worker's clock around train_epoch, not the request's round trip.

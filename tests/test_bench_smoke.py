@@ -346,17 +346,28 @@ def test_the_replicas_sweep_of_a_real_engine(tmp_path: Path, real_data) -> None:
     assert "## Data parallel" in markdown
 
 
+def collected(*args: str) -> str:
+    """The node ids ``pytest benchmarks --collect-only`` selects with ``args``."""
+    command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider",
+               "--collect-only", "-q", *args]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_the_main_run_stands_for_the_baselines_point_of_the_books_workers() -> None:
+    """d2l-reference's training epoch with the book's 4 DataLoader workers is its main run's
+    configuration: not trained again when the main run is selected, trained when it is not."""
+    point = "test_loader_workers[d2l-reference-cpu-workers4]"
+    full = collected("--impl", "d2l-reference")
+    assert "test_epoch[d2l-reference-cpu]" in full and point not in full
+    assert "test_loader_workers[d2l-reference-cpu-workers0]" in full
+    assert point in collected("--impl", "d2l-reference", "-k", "loader")
+
+
 def test_opt_in_implementations_are_benchmarked_only_when_named() -> None:
     """By default the benchmark leaves out the opt-in implementations (torch-compile: its build
     would break the run's time budget); ``--impl NAME`` brings one in, start-up rows too."""
-
-    def collected(*args: str) -> str:
-        command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider",
-                   "--collect-only", "-q", *args]  # fmt: skip
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-        return done.stdout
-
     opt_in = [name for name, impl in registry.REGISTRY.items() if impl.opt_in]
     default = collected()
     assert "test_epoch[numpy-cpu]" in default
