@@ -70,11 +70,13 @@ def _rounds(point: Point) -> str:
 
 
 def _memory(case: TrainingResult) -> str:
-    """The worker's peak RSS, and with the processes it started for its replicas (DDP's; at
-    one replica a child that merely came and went, such as torch's at import, is no replica)."""
+    """At R>1, the worker's peak RSS and with the processes it started for its replicas
+    (DDP's). R=1 runs in the main run's worker, whose peak holds every earlier measurement
+    of it (the input-size sweep's 3 GB at 112 × 112): the main table has its memory."""
+    if case.replicas == 1:
+        return "main table"
     own, tree = mib(case.peak_rss_bytes), mib(case.peak_tree_pss_bytes)
-    with_replicas = tree is not None and case.replicas > 1
-    return number(own, 3) + (f" ({number(tree, 3)} with its processes)" if with_replicas else "")
+    return number(own, 3) + (f" ({number(tree, 3)} with its processes)" if tree else "")
 
 
 def _ratio(value: float | None, spread: float | None, replicas: int, unit: str) -> str:
@@ -204,8 +206,9 @@ def replicas_section(runs: Sequence[Run], *, multi: bool) -> list[str]:
         "engine leaves nothing to time apart inside an epoch (XLA's all-reduce inside a compiled "
         "program), *measured apart* where the trainer measured it outside the timed epochs "
         "instead (below). *Peak RSS*: the worker's, and with the "
-        "processes it started (DDP's replicas), their proportional set sizes summed. What "
-        "each clock covers:",
+        "processes it started (DDP's replicas), their proportional set sizes summed; R=1 runs "
+        "in the main run's worker, whose peak holds its earlier measurements too (the main "
+        "table has its memory). What each clock covers:",
         "",
         *_clock_lines(runs),
         "",
