@@ -13,21 +13,35 @@ import subprocess
 import sys
 import textwrap
 
-_SCRIPT = textwrap.dedent(
+# Prepended to a fresh process's script: ``random_data(train, test)``, a dataset of random
+# images and labels, the same for a given size in every script.
+RANDOM_DATA = textwrap.dedent(
+    """
+    import numpy as np
+    from impls.data import FashionMNIST
+
+
+    def random_data(num_train, num_test):
+        rng = np.random.default_rng(0)
+        return FashionMNIST(
+            rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, num_train),
+            rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, num_test),
+        )
+    """
+)
+
+_SCRIPT = RANDOM_DATA + textwrap.dedent(
     """
     import json, sys
-    import numpy as np
     from importlib import import_module
     from impls.config import TrainConfig
-    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.data import MinibatchOrder
     from impls.training import init_params
 
     module, train_first_epoch = import_module(sys.argv[1]), sys.argv[2] == "train"
-    rng = np.random.default_rng(0)
-    data = FashionMNIST(
-        rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 10, 300),
-        rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
-    )
+    data = random_data(300, 50)
     infos = []
     for threads in (1, 2):
         config = TrainConfig(threads=threads)

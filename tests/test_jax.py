@@ -19,7 +19,7 @@ import pytest
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 
-from fresh_process import fresh_runtime_infos  # noqa: E402
+from fresh_process import RANDOM_DATA, fresh_runtime_infos  # noqa: E402
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import host_devices, jax_optax, jax_support, numpy_softmax  # noqa: E402
@@ -276,20 +276,16 @@ def test_one_replica_has_no_communication_to_measure(tiny_data, default_config):
         trainer.measure_communication(MinibatchOrder(tiny_data.num_train, 0).epoch(0))
 
 
-_REPLICAS = textwrap.dedent(
+_REPLICAS = RANDOM_DATA + textwrap.dedent(
     """
     import json
     import numpy as np
     from impls import jax_optax
     from impls.config import TrainConfig
-    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.data import MinibatchOrder
     from impls.training import init_params
 
-    rng = np.random.default_rng(0)
-    data = FashionMNIST(
-        rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
-        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), rng.integers(0, 10, 100),
-    )
+    data = random_data(600, 100)
     config = TrainConfig(threads=2, replicas=2, batch_size=64)
     trainer = jax_optax.make_trainer(data, init_params(config), config)
     before = trainer.parameters()
@@ -320,20 +316,16 @@ def test_replicas_in_a_fresh_process_without_xla_flags(tmp_path):
     assert out["untouched"]
 
 
-_PROCESS_OF_TWO = textwrap.dedent(
+_PROCESS_OF_TWO = RANDOM_DATA + textwrap.dedent(
     """
     import json
     import numpy as np
     from impls import jax_optax, numpy_softmax
     from impls.config import TrainConfig
-    from impls.data import FashionMNIST, MinibatchOrder
+    from impls.data import MinibatchOrder
     from impls.training import init_params
 
-    rng = np.random.default_rng(0)
-    data = FashionMNIST(
-        rng.integers(0, 256, (600, 28, 28), dtype=np.uint8), rng.integers(0, 10, 600),
-        rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50),
-    )
+    data = random_data(600, 50)
     config = TrainConfig(threads=2, replicas=2, batch_size=64)
     order = MinibatchOrder(600, 0).epoch(0)
     trainer = jax_optax.make_trainer(data, init_params(config), config)
