@@ -10,16 +10,19 @@ shuffled order unlike the cycle before (so no implementation always follows the
 same one), so a spell hits every implementation alike and each one's median
 stays put. Every implementation trains the same epochs in either schedule.
 
-A :class:`Canary`, a small fixed product on every thread at once, is timed before
-each timed epoch and once after each seed's last: a round ran during a spell when
-the canary just before or just after it took over :data:`SPELL_THRESHOLD` times
-the run's quiet canary (:func:`quiet_canary`). :class:`SpellInjector` makes such
-spells on purpose (``--inject-spell``, counted from the first timed round) to
-show that the schedule holds.
+Each visit opens with a short pause (:data:`VISIT_PAUSE_SECONDS`) and a :class:`Canary`, a
+small fixed product on every thread at once; its epochs then run back to back, as
+``fmbench train`` runs them (a pause before each timed epoch slowed the shortest
+epochs by half: PERFORMANCE.md). A round ran during a spell when the canary of its
+visit or of the visit after it (or the one after each seed's last visit) took over
+:data:`SPELL_THRESHOLD` times the run's quiet canary (:func:`quiet_canary`).
+:class:`SpellInjector` makes such spells on purpose (``--inject-spell``, counted from
+the first timed round) to show that the schedule holds. ``--schedule blocks`` times
+every epoch after the warm-up, each implementation's visits back to back.
 
-Every timed epoch is timed as pytest-benchmark times a round (``perf_counter``
-around the ``train`` request); each case's test then records its rounds into
-its own benchmark with :func:`record_rounds`.
+Every timed epoch's round is the worker's own ``perf_counter`` around ``train_epoch``;
+each case's test then records its rounds into its own benchmark with
+:func:`record_rounds`.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ from bench_options import Settings
 
 from impls.figures import PREDICTION_COUNT
 from impls.results import EpochRecord
+from impls.run_info import VISIT_PAUSE_SECONDS, InjectedSpell, quiet_canary, visits
 from impls.run_info import Canary as CanaryRecord
-from impls.run_info import InjectedSpell, quiet_canary, visits
 
 SPELL_THRESHOLD = 1.5  # a canary this many times the quiet canary marks a spell
 CANARY_SIZE = 256  # each thread's products: 0.25 ms each on this 2-core VM, quiet
@@ -51,9 +54,6 @@ CANARY_SIZE = 256  # each thread's products: 0.25 ms each on this 2-core VM, qui
 # period does not see CPU-bound competitors (a thread that wakes runs first): one product
 # took 1.4x as long beside two burning processes, sixteen 2.2x (measured).
 CANARY_PRODUCTS = 16
-# A pause before each canary and timed epoch: a BLAS's idle threads spin for tens of
-# milliseconds after a product (OpenBLAS's do); not on the next implementation's clock.
-SETTLE_SECONDS = 0.05
 
 
 class Canary:
@@ -110,8 +110,8 @@ class Canary:
 def spell_marks(
     canary_seconds: Sequence[float], before: Sequence[int], threshold: float
 ) -> list[bool]:
-    """Whether each round ran in a spell, given the index of the canary timed just before it
-    (the one just after it is the next canary timed, whoever's round came next)."""
+    """Whether each round ran in a spell, given the index of its visit's canary (the one
+    after it is the next canary timed, whoever's visit came next)."""
     if not before:
         return []
     slow = threshold * quiet_canary(canary_seconds)
@@ -128,7 +128,7 @@ class CaseRun:
     histories: list[tuple[int, list[EpochRecord]]] = field(default_factory=list)  # per seed
     predictions: list[int] = field(default_factory=list)  # the first seed's model
     seconds: list[float] = field(default_factory=list)
-    canary_before: list[int] = field(default_factory=list)  # per round, the canary's index
+    canary_before: list[int] = field(default_factory=list)  # per round, its visit's canary
     error: Exception | None = None  # raised again by the case's own test
     spell_rounds: list[bool] = field(default_factory=list)
     communication_apart: dict[str, float | None] | None = None  # the replicas sweep's
@@ -210,8 +210,8 @@ class MainRun:
         epochs = self.settings.epochs - 1  # after the warm-up
         if self.settings.schedule == "blocks":
             for run in live:
-                for _ in range(epochs):
-                    self._guard(run, self._time_epoch)
+                for untimed, timed in visits(epochs, "blocks"):
+                    self._guard(run, partial(self._visit, untimed=untimed, timed=timed))
             return
         previous: list[CaseRun] = []
         for untimed, timed in visits(epochs):
@@ -219,10 +219,7 @@ class MainRun:
             while len(live) > 1 and order == previous:  # never the same order twice running
                 order = self._order.sample(live, len(live))
             for run in order:
-                for _ in range(untimed):
-                    self._guard(run, self._rewarm)
-                for _ in range(timed):
-                    self._guard(run, self._time_epoch)
+                self._guard(run, partial(self._visit, untimed=untimed, timed=timed))
             previous = order
 
     def after(self, case: Case, step: Callable[[CaseRun], None]) -> None:
@@ -260,17 +257,18 @@ class MainRun:
             reply = run.epochs.request("predict", count=PREDICTION_COUNT)
             run.predictions = reply["predictions"]
 
-    def _rewarm(self, run: CaseRun) -> None:
-        """The untimed epoch that opens a visit."""
-        run.epochs.setup()
-        run.epochs.train()
-
-    def _time_epoch(self, run: CaseRun) -> None:
-        run.epochs.setup()
-        time.sleep(SETTLE_SECONDS)
-        before = self.canary()
-        run.seconds.append(run.epochs.train())
-        run.canary_before.append(before)
+    def _visit(self, run: CaseRun, untimed: int, timed: int) -> None:
+        """One visit: a pause and the canary, then ``untimed`` epochs that warm the case's
+        threads and caches again, then ``timed`` epochs back to back."""
+        time.sleep(VISIT_PAUSE_SECONDS)
+        canary = self.canary()
+        for _ in range(untimed):
+            run.epochs.setup()
+            run.epochs.train()
+        for _ in range(timed):
+            run.epochs.setup()
+            run.seconds.append(run.epochs.train())
+            run.canary_before.append(canary)
 
 
 class ReplicaSweep:

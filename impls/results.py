@@ -24,7 +24,9 @@ around ``Trainer.train_epoch`` / ``evaluate`` in the process that trains; so do
 :class:`Timing`'s rounds from schema 4 on, the benchmark storing the worker's
 clock in pytest-benchmark's record. Before, :class:`Timing` was pytest-benchmark's
 clock in the pytest process, which added the request's round trip (1 to 30 ms,
-mostly a memory sampler reading /proc during PyTorch's epochs).
+mostly a memory sampler reading /proc during PyTorch's epochs). Before schema 5 the
+main run paused 50 ms and timed its canary before every timed round, which slowed the
+shortest epochs; from schema 5 a visit's timed rounds run back to back.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any, ClassVar
 from impls.config import TrainConfig
 from impls.idx import IMAGE_SIZE
 
-SCHEMA = 4
+SCHEMA = 5
 
 
 class ResultError(ValueError):

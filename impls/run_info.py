@@ -36,13 +36,20 @@ SCHEDULES = ("round-robin", "blocks")
 # back, measured; not the others' spinning threads: a longer pause did not help): its
 # threads asleep, its caches and TLB taken. The untimed epoch warms them again.
 VISIT_TIMED = 2
+# The pause before each visit's canary: a BLAS's idle threads spin for tens of milliseconds
+# after a product (OpenBLAS's do), which would slow the canary. Never before a timed epoch:
+# a core left idle this long makes the next short epoch slow (PERFORMANCE.md).
+VISIT_PAUSE_SECONDS = 0.05
 
 
-def visits(epochs: int) -> list[tuple[int, int]]:
-    """The round-robin's visits to each implementation for ``epochs`` epochs after the
-    warm-up, as (untimed, timed) epochs: ``VISIT_TIMED + 1`` epochs a visit (the last may
-    be shorter), the first untimed when it has more than one, so every implementation
-    trains the same epochs whatever the schedule."""
+def visits(epochs: int, schedule: str = "round-robin") -> list[tuple[int, int]]:
+    """A schedule's visits to each implementation for ``epochs`` epochs after the warm-up,
+    as (untimed, timed) epochs. Round-robin: ``VISIT_TIMED + 1`` epochs a visit (the last
+    may be shorter), the first untimed when it has more than one. Blocks: ``VISIT_TIMED``
+    timed epochs a visit, the visits of one implementation back to back, so nothing needs
+    warming again. Every implementation trains the same epochs whatever the schedule."""
+    if schedule == "blocks":
+        return [(0, min(VISIT_TIMED, epochs - start)) for start in range(0, epochs, VISIT_TIMED)]
     size = VISIT_TIMED + 1
     lengths = [min(size, epochs - start) for start in range(0, epochs, size)]
     return [(1, length - 1) if length > 1 else (0, 1) for length in lengths]
@@ -55,11 +62,9 @@ def timed_epochs(epochs: int, schedule: str) -> int:
 
 def timed_epoch_numbers(epochs: int, schedule: str) -> list[int]:
     """Which of ``epochs`` (counted from 1, the first the warm-up) a schedule times, per seed:
-    every later one back to back (blocks), the last ones of each visit (round-robin)."""
-    if schedule == "blocks":
-        return list(range(2, epochs + 1))
+    every later one (blocks), the last ones of each visit (round-robin)."""
     numbers, done = [], 1
-    for untimed, timed in visits(epochs - 1):
+    for untimed, timed in visits(epochs - 1, schedule):
         numbers += range(done + untimed + 1, done + untimed + timed + 1)
         done += untimed + timed
     return numbers
@@ -281,12 +286,13 @@ def quiet_canary(seconds: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Canary(Stored):
-    """The small fixed workload timed beside every timed round of the main run.
+    """The small fixed workload timed at the start of every visit of the main run.
 
     A round ran during a spell of the host (other work slowing this run's threads)
-    when a canary just before or just after it took over ``threshold`` times the
+    when the canary of its visit or of the next took over ``threshold`` times the
     run's quiet canary, the lower quartile of ``seconds``; its case's
-    ``spell_rounds`` holds the marks.
+    ``spell_rounds`` holds the marks. Before schema 5 a canary came before every
+    timed round instead.
     """
 
     what: str

@@ -19,6 +19,7 @@ from impls.run_info import timed_epoch_numbers, timed_epochs, visits
 
 EPOCHS = 7  # one warm-up epoch, then two visits of one untimed and two timed epochs
 TIMED = 4
+VISITS = 2
 
 
 def settings(schedule: str, seeds=(0,), epochs: int = EPOCHS) -> bench_options.Settings:
@@ -111,7 +112,7 @@ def schedule_of(
 
 @pytest.fixture(autouse=True)
 def _no_settling(monkeypatch) -> None:
-    monkeypatch.setattr(bench_schedule, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(bench_schedule, "VISIT_PAUSE_SECONDS", 0.0)
 
 
 def cycles_of(log: list[str], impls: int = 3) -> list[tuple[str, ...]]:
@@ -140,6 +141,8 @@ def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_ep
     assert timed_epoch_numbers(EPOCHS, "round-robin") == [3, 4, 6, 7]
     assert timed_epoch_numbers(5, "round-robin") == [3, 4, 5]  # a last visit of one epoch
     assert timed_epoch_numbers(4, "blocks") == [2, 3, 4]
+    # Blocks times every epoch; its visits only set where a canary runs.
+    assert visits(5, "blocks") == [(0, 2), (0, 2), (0, 1)]
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "blocks"])
@@ -162,7 +165,7 @@ def test_round_robin_visits_each_implementation_in_turn_in_shuffled_orders() -> 
     assert all(one != next_one for one, next_one in itertools.pairwise(cycles)), cycles
     assert all(log.count(name) == EPOCHS for name in "abc")  # the same epochs for all
     assert all(len(run.seconds) == TIMED and run.error is None for run in runs)
-    assert len(main.canary.seconds) == 3 * TIMED + 1  # one before each round, one after
+    assert len(main.canary.seconds) == 3 * VISITS + 1  # one before each visit, one after
     assert all(len(run.spell_rounds) == TIMED for run in runs)
     again, again_cases, again_log, _ = schedule_of("round-robin")
     again.outcome(again_cases[0])
@@ -178,8 +181,8 @@ def test_each_seed_builds_every_implementation_afresh_and_the_rounds_are_pooled(
         assert [seed for seed, _ in run.histories] == [5, 6]
         assert len(run.seconds) == len(run.spell_rounds) == 2 * TIMED
         assert run.predictions == [EPOCHS % 10] * 18  # the first seed's model, after its epochs
-    # A canary before each round and one after each seed's last round.
-    assert len(main.canary.seconds) == 2 * (3 * TIMED + 1)
+    # A canary before each visit and one after each seed's last visit.
+    assert len(main.canary.seconds) == 2 * (3 * VISITS + 1)
 
 
 def test_blocks_times_each_implementation_back_to_back() -> None:
@@ -187,6 +190,33 @@ def test_blocks_times_each_implementation_back_to_back() -> None:
     main.outcome(cases[0])
     assert log[3:] == ["a"] * (EPOCHS - 1) + ["b"] * (EPOCHS - 1) + ["c"] * (EPOCHS - 1)
     assert len(main.runs[cases[0]].seconds) == EPOCHS - 1
+    assert len(main.canary.seconds) == 3 * 3 + 1  # a canary every two rounds, one after
+
+
+def test_a_visit_pauses_and_times_the_canary_then_runs_its_epochs_back_to_back(
+    monkeypatch,
+) -> None:
+    """No pause and no canary between a visit's epochs: a core left idle for the pause
+    makes the next short epoch slow, which the timed epochs must not pay."""
+    main, cases, log, _ = schedule_of("round-robin")
+    events = log  # the workers append their implementation to it at each epoch
+
+    def pause(seconds: float) -> None:
+        events.append("pause")
+
+    class LoggedCanary(FakeCanary):
+        def __call__(self) -> int:
+            events.append("canary")
+            return super().__call__()
+
+    main.canary = LoggedCanary([1.0] * (3 * VISITS + 1))
+    monkeypatch.setattr(bench_schedule.time, "sleep", pause)
+    main.outcome(cases[0])
+    after_warm_ups = log[3:]
+    visit_events = [after_warm_ups[i : i + 5] for i in range(0, 3 * VISITS * 5, 5)]
+    for visit in visit_events:
+        assert visit[:2] == ["pause", "canary"] and len(set(visit[2:])) == 1, visit
+    assert after_warm_ups[3 * VISITS * 5 :] == ["canary"]  # the one after the seed's last
 
 
 def test_a_failing_implementation_keeps_its_error_and_the_others_go_on() -> None:
@@ -261,15 +291,15 @@ def test_replicas_beyond_the_cores_or_the_threads_do_not_fit(monkeypatch) -> Non
 
 def test_the_rounds_beside_a_slow_canary_are_marked() -> None:
     main, cases, log, _ = schedule_of("round-robin")
-    # Canary k is timed just before the k-th timed round and just after the one before
-    # it: canary 4, slow, marks the 4th and 5th rounds timed (positions 3 and 4), no other.
-    main.canary = FakeCanary([1.0, 1.1, 0.9, 1.0, 3.0, 1.0, 1.05, 1.0, 0.95, 1.0, 1, 1, 1])
+    # Canary k opens the k-th visit and closes the one before: canary 2, slow, marks the
+    # rounds of the 2nd and 3rd visits (timed positions 2 to 5), no other.
+    main.canary = FakeCanary([1.0, 1.1, 3.0, 1.0, 0.95, 1.05, 1.0])
     runs = {case.impl: main.outcome(case) for case in cases}
     timed = timed_sequence(log)
     for impl, run in runs.items():
         positions = [i for i, name in enumerate(timed) if name == impl]
-        assert run.spell_rounds == [i in (3, 4) for i in positions], impl
-    assert sum(sum(run.spell_rounds) for run in runs.values()) == 2
+        assert run.spell_rounds == [2 <= i <= 5 for i in positions], impl
+    assert sum(sum(run.spell_rounds) for run in runs.values()) == 4
 
 
 def test_spells_are_found_even_when_they_cover_most_of_the_run() -> None:

@@ -228,6 +228,34 @@ def test_spell_rounds_and_the_ratios_without_them(tmp_path: Path) -> None:
     assert "- **Schedule** of the main run's timed rounds: round-robin" in text
 
 
+@pytest.mark.parametrize(
+    ("schema", "cadence"),
+    [
+        (5, "each visit opens with a 50 ms pause and a canary"),
+        (4, "before every timed round the run paused 50 ms and timed a canary"),
+    ],
+)
+def test_the_method_says_when_the_canary_ran(tmp_path: Path, schema, cadence) -> None:
+    """From schema 5 once a visit, before its epochs; before, before every timed round."""
+    document = spelled_run()
+    document["fmbench"]["schema"] = schema
+    text = report.build_report([write(tmp_path / "run.json", document)], tmp_path / "out")
+    assert cadence in text.read_text()
+
+
+def test_runs_from_before_and_after_the_visit_pause_are_compared_with_a_caveat(
+    tmp_path: Path,
+) -> None:
+    older = make_run(run_id="older", when="2026-01-01T10:00:00+00:00")
+    newer = make_run(run_id="newer")
+    older["fmbench"]["schema"] = 4
+    paths = [write(tmp_path / "older.json", older), write(tmp_path / "newer.json", newer)]
+    caveat = "Runs written before schema 5 paused and timed the canary before every timed round"
+    assert caveat in report.build_report(paths, tmp_path / "both").read_text()
+    alone = report.build_report(paths[1:], tmp_path / "newer").read_text()
+    assert caveat not in alone
+
+
 def test_no_spell_table_without_marks_and_one_line_without_spells(tmp_path: Path) -> None:
     plain = report.build_report([write(tmp_path / "a.json", make_run())], tmp_path / "a")
     assert "### Rounds in a spell" not in plain.read_text()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
 from impls.report.text import markdown_table, number, present, rounded
-from impls.run_info import VISIT_TIMED, Canary
+from impls.run_info import VISIT_PAUSE_SECONDS, VISIT_TIMED, Canary
 
 SCHEDULE_TEXT = {
     "round-robin": (
@@ -60,7 +60,7 @@ def method_lines(runs: Sequence[Run]) -> list[str]:
     if any(canary is not None for _, canary in canaries):
         multi = len(runs) > 1
         parts = [
-            _canary_text(canary, run.label if multi else None)
+            _canary_text(canary, run.label if multi else None, run.fmbench.schema)
             for run, canary in canaries
             if canary is not None
         ]
@@ -81,14 +81,27 @@ def method_lines(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def _canary_text(canary: Canary, label: str | None) -> str:
+def _canary_text(canary: Canary, label: str | None, schema: int) -> str:
     """How one run's canary marks spells, and how many of its canaries were slow."""
     where = f" ({label})" if label else ""
+    if schema >= 5:
+        cadence = (
+            f"each visit opens with a {1000 * VISIT_PAUSE_SECONDS:g} ms pause and a "
+            f"canary{where}, {canary.what}, and its epochs then run back to back, as "
+            "`fmbench train` runs them; a round counts as in a spell when the canary of its "
+            "visit or of the next"
+        )
+    else:
+        cadence = (
+            f"before every timed round the run paused {1000 * VISIT_PAUSE_SECONDS:g} "
+            f"ms and timed a canary{where}, {canary.what} (runs written before schema 5; the "
+            "pause slowed the shortest epochs, Numba's by up to half); a round counts as in a "
+            "spell when the canary just before or just after it"
+        )
     return (
-        f"before every timed round the run times a canary{where}, {canary.what}; a round "
-        f"counts as in a spell when the canary just before or just after it took more than "
-        f"{canary.threshold:g}× the run's quiet canary (their lower quartile, "
-        f"{number(1000 * canary.quiet)} ms): {canary.slow} of {len(canary.seconds)} canaries did."
+        f"{cadence} took more than {canary.threshold:g}× the run's quiet canary (their lower "
+        f"quartile, {number(1000 * canary.quiet)} ms): {canary.slow} of "
+        f"{len(canary.seconds)} canaries did."
     )
 
 
