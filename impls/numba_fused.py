@@ -1,14 +1,16 @@
 """Softmax regression in Numba: one compiled, multi-threaded kernel per epoch, kept in cache.
 
-The book's maths, compiled: :func:`forward`, :func:`count_correct`, :func:`cross_entropy`,
+The book's maths, compiled: :func:`forward` (:func:`forward_two_rows` or
+:func:`forward_one_row`), :func:`count_correct`, :func:`cross_entropy`,
 :func:`backward`, :func:`update`, :func:`train_share` (a slot's share of one SGD step),
 :func:`train_step` (a step, as one thread runs it) and :func:`run_epoch` (a step per batch
 of ``data.batch_bounds``). Plumbing: numba_support.
 
 Blocking. Each batch's rows are split into one share per thread (a slot), taken
 :data:`BLOCK` rows at a time. :func:`forward` reads their uint8 pixels where they lie
-(prefetched) and takes two rows against the ten classes at once: twenty accumulators, each
-a vector of pixels, against W (transposed, in L1); the softmax runs across the block's rows;
+(prefetched) and takes two rows against the ten classes at once (twenty accumulators, each
+a vector of pixels; one row, ten, where the CPU has 16 vector registers, not AVX-512's 32)
+against W (transposed, in L1); the softmax runs across the block's rows;
 :func:`backward` adds four rows at a time into the slot's partial dW (in L1), reading the
 rows again from cache and prefetching the next block's into L2.
 
@@ -53,7 +55,7 @@ row = numba_support.row
 
 
 @kernel(fastmath=DOT)
-def forward(w, bias, pixels, index, rows, logits):
+def forward_two_rows(w, bias, pixels, index, rows, logits):
     """Logits ``x @ W + b`` (``w``: W transposed) of the images ``pixels[index[:rows]]``, into
     columns of ``logits``; each accumulator sums a row's products with a class's weights."""
     for i in range(0, rows, 2):
@@ -74,6 +76,26 @@ def forward(w, bias, pixels, index, rows, logits):
         for c in range(NUM_CLASSES):
             logits[c, i] = sums[0][c] * TO_UNIT + bias[c]
             logits[c, i + 1] = sums[1][c] * TO_UNIT + bias[c]
+
+
+@kernel(fastmath=DOT)
+def forward_one_row(w, bias, pixels, index, rows, logits):
+    """:func:`forward_two_rows` one row at a time: ten accumulators, for 16 vector registers."""
+    for i in range(rows):
+        u = row(pixels, index, i, rows, AHEAD, True)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = np.float32(0)
+        for k in range(pixels.shape[1]):
+            x = np.float32(u[k])  # a pixel value, 0..255
+            a0, a1, a2, a3 = a0 + x * w[0, k], a1 + x * w[1, k], a2 + x * w[2, k], a3 + x * w[3, k]
+            a4, a5, a6, a7 = a4 + x * w[4, k], a5 + x * w[5, k], a6 + x * w[6, k], a7 + x * w[7, k]
+            a8, a9 = a8 + x * w[8, k], a9 + x * w[9, k]
+        sums = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
+        for c in range(NUM_CLASSES):
+            logits[c, i] = sums[c] * TO_UNIT + bias[c]
+
+
+# Two rows' twenty accumulators fit in AVX-512's 32 vector registers, not in AVX2's 16.
+forward = forward_two_rows if numba_support.vector_bits() == 512 else forward_one_row
 
 
 @kernel(inline="always")
@@ -216,8 +238,9 @@ def run_epoch(pixels, labels, order, bounds, lr, work):
         work.progress[slot, CLAIMED] = work.progress[slot, DONE] = 0
         work.totals[slot, 0] = work.totals[slot, 1] = 0
     for thread in prange(slots):
+        slot = np.int64(thread)  # prange's index is unsigned: one specialisation, not two
         for b in range(len(bounds)):
-            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, thread, b)
+            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, slot, b)
     loss, correct = 0.0, 0
     for slot in range(slots):  # the last step, into every copy
         update(work.weights[slot], work.biases[slot], work, len(bounds) - 1)

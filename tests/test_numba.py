@@ -185,6 +185,24 @@ def test_evaluate_and_predict_agree_with_numpy(tiny_data, default_config):
     np.testing.assert_array_equal(trainer.predict(tiny_data.test_images[3:4]), predicted[3:4])
 
 
+@pytest.mark.parametrize(
+    "forward", [numba_fused.forward_two_rows, numba_fused.forward_one_row], ids=["two", "one"]
+)
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_either_forward_gives_the_logits(forward, rows):
+    """Both forwards, not only the one this CPU's vector registers pick, and an odd last row."""
+    rng = np.random.default_rng(rows)
+    pixels = rng.integers(0, 256, (100, 784), dtype=np.uint8)
+    index = rng.permutation(100)
+    w = rng.normal(0, 0.01, (10, 784)).astype(np.float32)
+    bias = rng.normal(0, 0.1, 16).astype(np.float32)
+    logits = np.full((10, numba_fused.BLOCK + 8), np.nan, np.float32)
+    forward(w, bias, pixels, index, rows, logits)
+    expected = pixels[index[:rows]].astype(np.float64) @ w.T.astype(np.float64) / 255 + bias[:10]
+    np.testing.assert_allclose(logits[:, :rows].T, expected, rtol=1e-5, atol=1e-5)
+    assert numba_fused.forward in (numba_fused.forward_two_rows, numba_fused.forward_one_row)
+
+
 def test_exp_is_within_two_ulp_and_keeps_nan():
     @numba.njit
     def exp_all(x, out):
