@@ -1,13 +1,15 @@
 """Persistent compilation caches, framework-free: where one goes and what it did for a trainer.
 
-JAX's and Numba's support modules both use these, so the two caches are chosen by
-one rule and reported with the same keys (``runtime_info``), which the bench's
-cold and warm start-up measurements check.
+JAX's, Numba's and torch.compile's support modules all use these, so their caches are
+chosen by one rule and reported with the same keys (``runtime_info``), which the
+bench's cold and warm start-up measurements check.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,3 +37,33 @@ def cache_use(cache_dir: str | None, hits: int, misses: int) -> dict[str, object
         "compilation_cache_misses": misses,
         "compilation_cache_warm": warm,
     }
+
+
+class CompileLog:
+    """One trainer's compilations: each one's seconds, the cache lookups they made and the
+    cache they started from. The framework counts its own lookups (``lookups``: hits and
+    misses so far in this process)."""
+
+    def __init__(self, cache: dict[str, object], lookups: Callable[[], tuple[int, int]]) -> None:
+        self._cache, self._lookups = cache, lookups
+        self._seconds: dict[str, float] = {}
+        self._hits = self._misses = 0
+
+    def run(self, name: str, compile_now: Callable[[], object]) -> None:
+        """Run ``compile_now``, which compiles (or loads from the cache), timed as ``name``."""
+        hits, misses = self._lookups()
+        start = time.perf_counter()
+        compile_now()
+        self._seconds[name] = time.perf_counter() - start
+        hits_after, misses_after = self._lookups()
+        self._hits += hits_after - hits
+        self._misses += misses_after - misses
+
+    def info(self) -> dict[str, object]:
+        """The cache and the compile times, for the trainer's ``runtime_info``."""
+        return {
+            **self._cache,
+            **cache_use(self._cache["compilation_cache_dir"], self._hits, self._misses),
+            "compile_seconds": round(sum(self._seconds.values()), 4),
+            "compile_seconds_by_program": {k: round(v, 4) for k, v in self._seconds.items()},
+        }

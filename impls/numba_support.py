@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -45,7 +44,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from impls import registry
-from impls.compile_cache import cache_use, choose_directory
+from impls.compile_cache import CompileLog, choose_directory
 from impls.data import NUM_CLASSES, default_cache_dir, pixels_per_image
 
 if TYPE_CHECKING:
@@ -106,34 +105,27 @@ class Compiler:
 
     def __init__(self) -> None:
         entries = cache_entries(SETUP["compilation_cache_dir"])
-        self._cache = {**SETUP, "compilation_cache_entries_before": entries}
-        self._seconds: dict[str, float] = {}
-        self._hits = self._misses = 0
+        cache = {**SETUP, "compilation_cache_entries_before": entries}
+        self._kernels: dict[int, Any] = {}  # Numba counts cache lookups per kernel
+        self._log = CompileLog(cache, self._lookups)
 
     def compile(self, name: str, kernel: Any, *args: Any) -> None:
         """Compile ``kernel`` for the types of ``args`` now (or load it from the cache)."""
+        self._kernels[id(kernel)] = kernel
         signature = tuple(numba.typeof(arg) for arg in args)
-        hits, misses = _cache_counts(kernel)
-        start = time.perf_counter()
-        kernel.compile(signature)
-        self._seconds[name] = time.perf_counter() - start
-        after = _cache_counts(kernel)
-        self._hits += after[0] - hits
-        self._misses += after[1] - misses
+        self._log.run(name, lambda: kernel.compile(signature))
+
+    def _lookups(self) -> tuple[int, int]:
+        """The cache hits and misses of the kernels compiled so far."""
+        stats = [kernel.stats for kernel in self._kernels.values()]
+        return (
+            sum(sum(s.cache_hits.values()) for s in stats),
+            sum(sum(s.cache_misses.values()) for s in stats),
+        )
 
     def info(self) -> dict[str, Any]:
         """The cache and the compile times, for the trainer's ``runtime_info``."""
-        return {
-            **self._cache,
-            **cache_use(self._cache["compilation_cache_dir"], self._hits, self._misses),
-            "compile_seconds": round(sum(self._seconds.values()), 4),
-            "compile_seconds_by_program": {k: round(v, 4) for k, v in self._seconds.items()},
-        }
-
-
-def _cache_counts(kernel: Any) -> tuple[int, int]:
-    stats = kernel.stats
-    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
+        return self._log.info()
 
 
 def apply_threads(threads: int) -> int:

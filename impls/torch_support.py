@@ -11,7 +11,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from impls import registry
-from impls.compile_cache import cache_use, choose_directory
+from impls.compile_cache import CompileLog, choose_directory
 from impls.config import TrainConfig
 from impls.data import (
     EVAL_BATCH,
@@ -329,28 +328,16 @@ class InductorCompiler:
     """One trainer's compilations by ``torch.compile``: their times and the cache they used."""
 
     def __init__(self) -> None:
-        self._cache = configure_inductor_cache()
-        self._cache["compilation_cache_entries_before"] = inductor_cache_entries(
-            self._cache["compilation_cache_dir"]
+        cache = configure_inductor_cache()
+        cache["compilation_cache_entries_before"] = inductor_cache_entries(
+            cache["compilation_cache_dir"]
         )
-        self._seconds: dict[str, float] = {}
-        self._hits = self._misses = 0
+        self._log = CompileLog(cache, _cache_lookups)
 
     def run(self, name: str, first_call: Callable[[], None]) -> None:
         """Run ``first_call``, which compiles (or loads from the cache), timed as ``name``."""
-        hits, misses = _cache_lookups()
-        start = time.perf_counter()
-        first_call()
-        self._seconds[name] = time.perf_counter() - start
-        hits_after, misses_after = _cache_lookups()
-        self._hits += hits_after - hits
-        self._misses += misses_after - misses
+        self._log.run(name, first_call)
 
     def info(self) -> dict[str, object]:
         """The cache and the compile times, for the trainer's ``runtime_info``."""
-        return {
-            **self._cache,
-            **cache_use(self._cache["compilation_cache_dir"], self._hits, self._misses),
-            "compile_seconds": round(sum(self._seconds.values()), 4),
-            "compile_seconds_by_program": {k: round(v, 4) for k, v in self._seconds.items()},
-        }
+        return self._log.info()

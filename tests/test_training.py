@@ -254,3 +254,23 @@ def test_a_jax_run_over_several_processes_is_described_whole_or_refused():
         host_devices.jax_processes({**env, host_devices.PROCESSES_ENV: "two"})
     with pytest.raises(ConfigError, match=r"must be in 0\.\.1, got 2"):
         host_devices.jax_processes({**env, host_devices.PROCESS_ID_ENV: "2"})
+
+
+def test_a_compile_log_times_each_compilation_and_counts_its_cache_lookups(tmp_path):
+    """The bookkeeping Numba's and torch.compile's trainers share (impls.compile_cache)."""
+    from impls.compile_cache import CompileLog
+
+    counts = {"hits": 0, "misses": 0}
+    cache = {"compilation_cache_dir": str(tmp_path), "compilation_cache_entries_before": 0}
+    log = CompileLog(cache, lambda: (counts["hits"], counts["misses"]))
+    counts["hits"] = 5  # lookups made before the trainer's compilations are not its own
+    log.run("a", lambda: counts.update(hits=counts["hits"] + 2))
+    log.run("b", lambda: counts.update(misses=1))
+    info = log.info()
+    assert (info["compilation_cache_hits"], info["compilation_cache_misses"]) == (2, 1)
+    assert info["compilation_cache_warm"] is False  # one compilation missed the cache
+    assert set(info["compile_seconds_by_program"]) == {"a", "b"}
+    assert info["compile_seconds"] >= 0 and info["compilation_cache_dir"] == str(tmp_path)
+    warm = CompileLog(cache, lambda: (counts["hits"], counts["misses"]))
+    warm.run("a", lambda: counts.update(hits=counts["hits"] + 1))
+    assert warm.info()["compilation_cache_warm"] is True
