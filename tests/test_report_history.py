@@ -140,6 +140,22 @@ def test_rounds_in_a_spell_are_left_out_of_the_comparison(tmp_path: Path) -> Non
     assert row_of(frame, "epoch", "numpy")["verdict"] == "regression"
 
 
+def test_when_spells_leave_too_few_rounds_every_round_of_both_runs_is_compared(
+    tmp_path: Path,
+) -> None:
+    """Two quiet rounds of nine before, none after: the previous run's two quiet rounds
+    against every round after would compare the host's spells, not the code."""
+    slow = [seconds * 1.3 for seconds in NUMPY]
+    before_marks = [True] * 7 + [False] * 2
+    before = with_rounds(make_run(), "numpy", slow[:7] + NUMPY[7:], before_marks)
+    after = with_rounds(make_run(), "numpy", slow, [True] * 9)
+    frame, _, _ = pair(tmp_path, before, after)
+    row = row_of(frame, "epoch", "numpy")
+    assert row["previous_median_s"] == pytest.approx(statistics.median(slow[:7] + NUMPY[7:]))
+    assert row["compared_median_s"] == pytest.approx(statistics.median(slow))
+    assert row["verdict"] == "within noise"
+
+
 @pytest.mark.parametrize("rounds_stored", ["neither", "before only", "three each"])
 def test_without_enough_rounds_the_iqr_rule_stands(tmp_path: Path, rounds_stored: str) -> None:
     """Older files (no rounds stored) and too few rounds for the test: judged as before,

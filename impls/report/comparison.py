@@ -6,7 +6,8 @@ rounds are compared as asv compares them: a two-sided Mann-Whitney U test
 medians says by how much; a change is flagged only when it is both significant
 (p < :data:`SIGNIFICANCE`) and large (by more than :data:`MIN_CHANGE`). Rounds the run
 marked as in a spell of the host (``Measurement.spell_rounds``) are left out of its
-sample: a spell is the machine's, not the code's.
+sample (a spell is the machine's, not the code's), unless too few rounds would be left
+for the test: then every round of both runs is compared.
 
 Without per-round data on either side (older files), or with too few rounds for the test
 ever to reach significance, the older rule stands: the median moved by more than the
@@ -38,10 +39,18 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def sample(measurement: Measurement) -> list[float] | None:
-    """The rounds compared: every round's seconds, less those in a spell (None: not stored)."""
-    quiet = measurement.quiet_rounds
-    return quiet if quiet else measurement.timing.data
+def samples(
+    current: Measurement, previous: Measurement
+) -> tuple[list[float] | None, list[float] | None]:
+    """The rounds compared: each run's rounds outside a spell (every round, where a run marked
+    none), or every round of both when the rounds left are too few for the test (None: not
+    stored). One run's few quiet rounds against the other's all would compare the host."""
+    now_all, before_all = current.timing.data, previous.timing.data
+    now = current.quiet_rounds if current.quiet_rounds is not None else now_all
+    before = previous.quiet_rounds if previous.quiet_rounds is not None else before_all
+    if now is not None and before is not None and can_be_significant(len(now), len(before)):
+        return now, before
+    return now_all, before_all
 
 
 def can_be_significant(size: int, other_size: int) -> bool:
@@ -57,7 +66,7 @@ def compare(current: Measurement, previous: Measurement) -> dict[str, Any]:
     delta_s, delta_pct, p_value (U test) or noise_s (IQR rule), rule, verdict (regression,
     improvement or within noise).
     """
-    now, before = sample(current), sample(previous)
+    now, before = samples(current, previous)
     if now is not None and before is not None and can_be_significant(len(now), len(before)):
         from scipy.stats import mannwhitneyu
 
@@ -110,8 +119,9 @@ def method_line(rules: Sequence[str]) -> str:
         text += (
             f" Where both runs stored every round ({U_TEST}): beyond the noise means a "
             f"two-sided Mann-Whitney U test on the two runs' rounds gives p < {SIGNIFICANCE:g} "
-            "(the cell gives p), the rounds a run marked as in a spell of the host left out; "
-            "the change is that of the two samples' medians."
+            "(the cell gives p), the rounds a run marked as in a spell of the host left out "
+            "(unless too few would be left for the test: then every round of both runs); the "
+            "change is that of the two samples' medians."
         )
     if IQR_RULE in used:
         text += (
