@@ -275,9 +275,9 @@ def add_options(parser: pytest.Parser) -> None:
         "--schedule",
         choices=SCHEDULES,
         default="round-robin",
-        help="order of the main run's timed epochs: round-robin (default: one epoch of each "
-        "implementation in turn, so a slow spell of the host hits all alike) or blocks (each "
-        "implementation's epochs back to back)",
+        help="order of the main run's timed epochs: round-robin (default: a visit of three "
+        "epochs, two timed, to each implementation in turn, so a slow spell of the host hits "
+        "all alike) or blocks (each implementation's epochs back to back, every one timed)",
     )
     add(
         "--inject-spell",

@@ -18,7 +18,7 @@ visit or of the visit after it (or the one after each seed's last visit) took ov
 :data:`SPELL_THRESHOLD` times the run's quiet canary (:func:`quiet_canary`).
 :class:`SpellInjector` makes such spells on purpose (``--inject-spell``, counted from
 the first timed round) to show that the schedule holds. ``--schedule blocks`` times
-every epoch after the warm-up, each implementation's visits back to back.
+every epoch after the warm-up, one visit of them all per implementation.
 
 Every timed epoch's round is the worker's own ``perf_counter`` around ``train_epoch``;
 each case's test then records its rounds into its own benchmark with
@@ -193,7 +193,7 @@ class MainRun:
             if not live:
                 return
             self._time_rounds(live)
-            self.canary()  # the one after the seed's last round
+            self._paused_canary()  # the one after the seed's last visit
             for run in live:
                 self._guard(run, partial(self._keep_seed, seed=seed))
         for run in self.runs.values():
@@ -257,11 +257,15 @@ class MainRun:
             reply = run.epochs.request("predict", count=PREDICTION_COUNT)
             run.predictions = reply["predictions"]
 
+    def _paused_canary(self) -> int:
+        """Time the canary after a pause; return its index."""
+        time.sleep(VISIT_PAUSE_SECONDS)
+        return self.canary()
+
     def _visit(self, run: CaseRun, untimed: int, timed: int) -> None:
         """One visit: a pause and the canary, then ``untimed`` epochs that warm the case's
         threads and caches again, then ``timed`` epochs back to back."""
-        time.sleep(VISIT_PAUSE_SECONDS)
-        canary = self.canary()
+        canary = self._paused_canary()
         for _ in range(untimed):
             run.epochs.setup()
             run.epochs.train()

@@ -95,7 +95,7 @@ def forward_one_row(w, bias, pixels, index, rows, logits):
 
 
 # Two rows' twenty accumulators fit in AVX-512's 32 vector registers, not in AVX2's 16.
-forward = forward_two_rows if numba_support.vector_bits() == 512 else forward_one_row
+forward = forward_two_rows if numba_support.vector_registers() == 32 else forward_one_row
 
 
 @kernel(inline="always")
@@ -238,9 +238,9 @@ def run_epoch(pixels, labels, order, bounds, lr, work):
         work.progress[slot, CLAIMED] = work.progress[slot, DONE] = 0
         work.totals[slot, 0] = work.totals[slot, 1] = 0
     for thread in prange(slots):
-        slot = np.int64(thread)  # prange's index is unsigned: one specialisation, not two
+        own = np.int64(thread)  # prange's index is unsigned: one specialisation, not two
         for b in range(len(bounds)):
-            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, slot, b)
+            train_step(pixels, labels, order[bounds[b, 0] : bounds[b, 1]], lr, work, own, b)
     loss, correct = 0.0, 0
     for slot in range(slots):  # the last step, into every copy
         update(work.weights[slot], work.biases[slot], work, len(bounds) - 1)
@@ -313,7 +313,10 @@ class NumbaTrainer:
         return {"strategy": "one fused compiled kernel per batch, threads in one region per "
                 "epoch; uint8 rows gathered in cache",
                 "device": "cpu", "numba": numba.__version__, **threads, "fastmath": fastmath,
-                "vector_bits": numba_support.vector_bits(), **self._compiler.info()}  # fmt: skip
+                "vector_bits": numba_support.vector_bits(),
+                "vector_registers": numba_support.vector_registers(),
+                "forward_rows": 2 if forward is forward_two_rows else 1,
+                **self._compiler.info()}  # fmt: skip
 
 
 def make_trainer(data: FashionMNIST, params: Params, config: TrainConfig) -> NumbaTrainer:

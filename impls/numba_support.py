@@ -85,12 +85,21 @@ SETUP = configure()
 CACHE = SETUP["compilation_cache_dir"] is not None  # the kernels' cache=...
 
 
-def vector_bits() -> int:
-    """The vector width Numba's code generator prefers in this process: 512 or 256 bits."""
+def _code_features() -> list[str]:
+    """The CPU features Numba's code generator targets in this process (``+avx2``, ...)."""
     from numba.core.registry import cpu_target
 
-    features = getattr(cpu_target.target_context.codegen(), "_tm_features", "")  # private
-    return 512 if "-prefer-256-bit" in str(features).split(",") else 256
+    return str(getattr(cpu_target.target_context.codegen(), "_tm_features", "")).split(",")
+
+
+def vector_bits() -> int:
+    """The vector width Numba's code generator prefers in this process: 512 or 256 bits."""
+    return 512 if "-prefer-256-bit" in _code_features() else 256
+
+
+def vector_registers() -> int:
+    """The vector registers the generated code has: 32 with AVX-512, else 16."""
+    return 32 if "+avx512f" in _code_features() else 16
 
 
 def cache_entries(directory: str | None) -> int | None:

@@ -274,8 +274,8 @@ class TrainingResult(Stored):
     # The peak of this process's and its children's proportional set sizes summed, each
     # page counted once; recorded for implementations that start processes of their own.
     peak_tree_pss_bytes: int | None = None
-    # One mark per timed round, in the order run: True when the canary timed beside the
-    # round (``RunSection.canary``) was slow, i.e. the round ran during a spell of the host.
+    # One mark per timed round, in the order run: True when the canary of its visit or of
+    # the next (``RunSection.canary``) was slow, i.e. the round ran during a spell of the host.
     spell_rounds: list[bool] | None = None
     # The main run's other seeds (--seeds), in the order run; ``history`` is the first
     # seed's (``config["seed"]``), and the timed rounds are every seed's, pooled.

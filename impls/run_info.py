@@ -36,20 +36,21 @@ SCHEDULES = ("round-robin", "blocks")
 # back, measured; not the others' spinning threads: a longer pause did not help): its
 # threads asleep, its caches and TLB taken. The untimed epoch warms them again.
 VISIT_TIMED = 2
-# The pause before each visit's canary: a BLAS's idle threads spin for tens of milliseconds
-# after a product (OpenBLAS's do), which would slow the canary. Never before a timed epoch:
-# a core left idle this long makes the next short epoch slow (PERFORMANCE.md).
+# The pause before each canary: a BLAS's idle threads spin for tens of milliseconds after a
+# product (OpenBLAS's do), which would slow the canary. Followed by an untimed epoch, not a
+# timed one, where a visit has one: a core left idle this long makes the next short epoch
+# slow (PERFORMANCE.md).
 VISIT_PAUSE_SECONDS = 0.05
 
 
 def visits(epochs: int, schedule: str = "round-robin") -> list[tuple[int, int]]:
     """A schedule's visits to each implementation for ``epochs`` epochs after the warm-up,
     as (untimed, timed) epochs. Round-robin: ``VISIT_TIMED + 1`` epochs a visit (the last
-    may be shorter), the first untimed when it has more than one. Blocks: ``VISIT_TIMED``
-    timed epochs a visit, the visits of one implementation back to back, so nothing needs
-    warming again. Every implementation trains the same epochs whatever the schedule."""
+    may be shorter), the first untimed when it has more than one. Blocks: one visit of every
+    epoch, timed (nothing comes between an implementation's epochs to warm up after). Every
+    implementation trains the same epochs whatever the schedule."""
     if schedule == "blocks":
-        return [(0, min(VISIT_TIMED, epochs - start)) for start in range(0, epochs, VISIT_TIMED)]
+        return [(0, epochs)]
     size = VISIT_TIMED + 1
     lengths = [min(size, epochs - start) for start in range(0, epochs, size)]
     return [(1, length - 1) if length > 1 else (0, 1) for length in lengths]

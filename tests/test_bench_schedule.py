@@ -141,8 +141,8 @@ def test_visits_open_with_an_untimed_epoch_and_every_schedule_trains_the_same_ep
     assert timed_epoch_numbers(EPOCHS, "round-robin") == [3, 4, 6, 7]
     assert timed_epoch_numbers(5, "round-robin") == [3, 4, 5]  # a last visit of one epoch
     assert timed_epoch_numbers(4, "blocks") == [2, 3, 4]
-    # Blocks times every epoch; its visits only set where a canary runs.
-    assert visits(5, "blocks") == [(0, 2), (0, 2), (0, 1)]
+    # Blocks times every epoch, in one visit per implementation.
+    assert visits(5, "blocks") == [(0, 5)]
 
 
 @pytest.mark.parametrize("schedule", ["round-robin", "blocks"])
@@ -190,15 +190,16 @@ def test_blocks_times_each_implementation_back_to_back() -> None:
     main.outcome(cases[0])
     assert log[3:] == ["a"] * (EPOCHS - 1) + ["b"] * (EPOCHS - 1) + ["c"] * (EPOCHS - 1)
     assert len(main.runs[cases[0]].seconds) == EPOCHS - 1
-    assert len(main.canary.seconds) == 3 * 3 + 1  # a canary every two rounds, one after
+    assert len(main.canary.seconds) == 3 + 1  # one before each block, one after the last
 
 
+@pytest.mark.parametrize(("schedule", "visit_epochs"), [("round-robin", 3), ("blocks", EPOCHS - 1)])
 def test_a_visit_pauses_and_times_the_canary_then_runs_its_epochs_back_to_back(
-    monkeypatch,
+    monkeypatch, schedule, visit_epochs
 ) -> None:
     """No pause and no canary between a visit's epochs: a core left idle for the pause
     makes the next short epoch slow, which the timed epochs must not pay."""
-    main, cases, log, _ = schedule_of("round-robin")
+    main, cases, log, _ = schedule_of(schedule)
     events = log  # the workers append their implementation to it at each epoch
 
     def pause(seconds: float) -> None:
@@ -209,14 +210,15 @@ def test_a_visit_pauses_and_times_the_canary_then_runs_its_epochs_back_to_back(
             events.append("canary")
             return super().__call__()
 
-    main.canary = LoggedCanary([1.0] * (3 * VISITS + 1))
+    visits_run = 3 * (EPOCHS - 1) // visit_epochs
+    main.canary = LoggedCanary([1.0] * (visits_run + 1))
     monkeypatch.setattr(bench_schedule.time, "sleep", pause)
     main.outcome(cases[0])
-    after_warm_ups = log[3:]
-    visit_events = [after_warm_ups[i : i + 5] for i in range(0, 3 * VISITS * 5, 5)]
-    for visit in visit_events:
+    after_warm_ups, size = log[3:], 2 + visit_epochs
+    for start in range(0, visits_run * size, size):
+        visit = after_warm_ups[start : start + size]
         assert visit[:2] == ["pause", "canary"] and len(set(visit[2:])) == 1, visit
-    assert after_warm_ups[3 * VISITS * 5 :] == ["canary"]  # the one after the seed's last
+    assert after_warm_ups[visits_run * size :] == ["pause", "canary"]  # after the seed's last
 
 
 def test_a_failing_implementation_keeps_its_error_and_the_others_go_on() -> None:
@@ -291,8 +293,8 @@ def test_replicas_beyond_the_cores_or_the_threads_do_not_fit(monkeypatch) -> Non
 
 def test_the_rounds_beside_a_slow_canary_are_marked() -> None:
     main, cases, log, _ = schedule_of("round-robin")
-    # Canary k opens the k-th visit and closes the one before: canary 2, slow, marks the
-    # rounds of the 2nd and 3rd visits (timed positions 2 to 5), no other.
+    # Counting visits and canaries from 0, canary k opens visit k and closes visit k - 1:
+    # canary 2, slow, marks the rounds of visits 1 and 2 (timed positions 2 to 5), no other.
     main.canary = FakeCanary([1.0, 1.1, 3.0, 1.0, 0.95, 1.05, 1.0])
     runs = {case.impl: main.outcome(case) for case in cases}
     timed = timed_sequence(log)
@@ -300,6 +302,18 @@ def test_the_rounds_beside_a_slow_canary_are_marked() -> None:
         positions = [i for i, name in enumerate(timed) if name == impl]
         assert run.spell_rounds == [2 <= i <= 5 for i in positions], impl
     assert sum(sum(run.spell_rounds) for run in runs.values()) == 4
+
+
+def test_a_slow_canary_after_a_seed_marks_that_seeds_last_visit_alone() -> None:
+    main, cases, log, _ = schedule_of("round-robin", seeds=(0, 1))
+    per_seed = 3 * VISITS + 1
+    slow_end = [1.0] * (per_seed - 1) + [3.0] + [1.0] * per_seed
+    main.canary = FakeCanary(slow_end)
+    runs = {case.impl: main.outcome(case) for case in cases}
+    last_visit = log[3 + 3 * (EPOCHS - 1) - 1]  # the first seed's last epoch's implementation
+    for impl, run in runs.items():
+        marked = [i for i, spell in enumerate(run.spell_rounds) if spell]
+        assert marked == ([TIMED - 2, TIMED - 1] if impl == last_visit else []), impl
 
 
 def test_spells_are_found_even_when_they_cover_most_of_the_run() -> None:

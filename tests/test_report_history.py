@@ -140,9 +140,7 @@ def test_rounds_in_a_spell_are_left_out_of_the_comparison(tmp_path: Path) -> Non
     assert row_of(frame, "epoch", "numpy")["verdict"] == "regression"
 
 
-def test_when_spells_leave_too_few_rounds_every_round_of_both_runs_is_compared(
-    tmp_path: Path,
-) -> None:
+def test_when_spells_leave_too_few_rounds_the_iqr_rule_judges(tmp_path: Path) -> None:
     """Two quiet rounds of nine before, none after: the previous run's two quiet rounds
     against every round after would compare the host's spells, not the code."""
     slow = [seconds * 1.3 for seconds in NUMPY]
@@ -151,6 +149,7 @@ def test_when_spells_leave_too_few_rounds_every_round_of_both_runs_is_compared(
     after = with_rounds(make_run(), "numpy", slow, [True] * 9)
     frame, _, _ = pair(tmp_path, before, after)
     row = row_of(frame, "epoch", "numpy")
+    assert row["rule"] == comparing.IQR_RULE and not present(row["p_value"])
     assert row["previous_median_s"] == pytest.approx(statistics.median(slow[:7] + NUMPY[7:]))
     assert row["compared_median_s"] == pytest.approx(statistics.median(slow))
     assert row["verdict"] == "within noise"
@@ -248,7 +247,7 @@ def test_spell_rounds_and_the_ratios_without_them(tmp_path: Path) -> None:
     ("schema", "cadence"),
     [
         (5, "each visit opens with a 50 ms pause and a canary"),
-        (4, "before every timed round the run paused 50 ms and timed a canary"),
+        (4, "before every timed round the run timed a canary"),
     ],
 )
 def test_the_method_says_when_the_canary_ran(tmp_path: Path, schema, cadence) -> None:
@@ -262,14 +261,19 @@ def test_the_method_says_when_the_canary_ran(tmp_path: Path, schema, cadence) ->
 def test_runs_from_before_and_after_the_visit_pause_are_compared_with_a_caveat(
     tmp_path: Path,
 ) -> None:
-    older = make_run(run_id="older", when="2026-01-01T10:00:00+00:00")
-    newer = make_run(run_id="newer")
-    older["fmbench"]["schema"] = 4
+    older, newer = spelled_run(), make_run(run_id="newer")
+    older["fmbench"].update(schema=4, run_id="older")
+    older["datetime"] = "2026-01-01T10:00:00+00:00"
     paths = [write(tmp_path / "older.json", older), write(tmp_path / "newer.json", newer)]
-    caveat = "Runs written before schema 5 paused and timed the canary before every timed round"
-    assert caveat in report.build_report(paths, tmp_path / "both").read_text()
+    caveat = "In the runs written before schema 5 ("
+    text = report.build_report(paths, tmp_path / "both").read_text()
+    assert caveat in text and "the canary, after a 50 ms pause in most such runs" in text
     alone = report.build_report(paths[1:], tmp_path / "newer").read_text()
     assert caveat not in alone
+    no_canary = make_run(run_id="older")  # no canary, no pause: nothing to warn about
+    no_canary["fmbench"]["schema"] = 4
+    paths[0] = write(tmp_path / "older.json", no_canary)
+    assert caveat not in report.build_report(paths, tmp_path / "plain").read_text()
 
 
 def test_no_spell_table_without_marks_and_one_line_without_spells(tmp_path: Path) -> None:

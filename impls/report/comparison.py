@@ -6,13 +6,12 @@ rounds are compared as asv compares them: a two-sided Mann-Whitney U test
 medians says by how much; a change is flagged only when it is both significant
 (p < :data:`SIGNIFICANCE`) and large (by more than :data:`MIN_CHANGE`). Rounds the run
 marked as in a spell of the host (``Measurement.spell_rounds``) are left out of its
-sample (a spell is the machine's, not the code's), unless too few rounds would be left
-for the test: then every round of both runs is compared.
+sample: a spell is the machine's, not the code's.
 
-Without per-round data on either side (older files), or with too few rounds for the test
-ever to reach significance, the older rule stands: the median moved by more than the
-larger of both runs' IQRs and by more than :data:`MIN_CHANGE`. Each comparison says
-which rule it used. scipy is imported inside :func:`compare`.
+Without per-round data on either side (older files), or with too few rounds (outside
+spells) for the test ever to reach significance, the older rule stands: the median moved
+by more than the larger of both runs' IQRs and by more than :data:`MIN_CHANGE`. Each
+comparison says which rule it used. scipy is imported inside :func:`compare`.
 """
 
 from __future__ import annotations
@@ -42,15 +41,15 @@ COLUMNS = (
 def samples(
     current: Measurement, previous: Measurement
 ) -> tuple[list[float] | None, list[float] | None]:
-    """The rounds compared: each run's rounds outside a spell (every round, where a run marked
-    none), or every round of both when the rounds left are too few for the test (None: not
-    stored). One run's few quiet rounds against the other's all would compare the host."""
-    now_all, before_all = current.timing.data, previous.timing.data
-    now = current.quiet_rounds if current.quiet_rounds is not None else now_all
-    before = previous.quiet_rounds if previous.quiet_rounds is not None else before_all
+    """The rounds the test compares: each run's rounds outside a spell (every round, where a
+    run marked none); None when not stored, or when too few are left for the test (the IQR
+    rule judges then: one run's few quiet rounds against the other's all would compare
+    the host, not the code)."""
+    now = current.quiet_rounds if current.quiet_rounds is not None else current.timing.data
+    before = previous.quiet_rounds if previous.quiet_rounds is not None else previous.timing.data
     if now is not None and before is not None and can_be_significant(len(now), len(before)):
         return now, before
-    return now_all, before_all
+    return None, None
 
 
 def can_be_significant(size: int, other_size: int) -> bool:
@@ -67,7 +66,7 @@ def compare(current: Measurement, previous: Measurement) -> dict[str, Any]:
     improvement or within noise).
     """
     now, before = samples(current, previous)
-    if now is not None and before is not None and can_be_significant(len(now), len(before)):
+    if now is not None and before is not None:
         from scipy.stats import mannwhitneyu
 
         p_value = float(mannwhitneyu(now, before, alternative="two-sided").pvalue)
@@ -119,14 +118,14 @@ def method_line(rules: Sequence[str]) -> str:
         text += (
             f" Where both runs stored every round ({U_TEST}): beyond the noise means a "
             f"two-sided Mann-Whitney U test on the two runs' rounds gives p < {SIGNIFICANCE:g} "
-            "(the cell gives p), the rounds a run marked as in a spell of the host left out "
-            "(unless too few would be left for the test: then every round of both runs); the "
-            "change is that of the two samples' medians."
+            "(the cell gives p), the rounds a run marked as in a spell of the host left out; "
+            "the change is that of the two samples' medians."
         )
     if IQR_RULE in used:
         text += (
             f" {'Elsewhere' if U_TEST in used else 'Here'} ({IQR_RULE}: a run without every "
-            "round's seconds, written before schema 3, or too few rounds for the test): "
+            "round's seconds, written before schema 3, or too few rounds outside spells for the "
+            "test): "
             "beyond the noise means the median moved by more than the larger of both runs' "
             "IQRs."
         )

@@ -26,7 +26,7 @@ from impls.report.runs import Run
 from impls.report.seeds import seed_frame, seed_lines, training_settings
 from impls.report.sizes import size_section
 from impls.report.spells import method_lines as spell_method_lines
-from impls.report.spells import spell_lines
+from impls.report.spells import pause_caveat, spell_lines
 from impls.report.tables import (
     NOISY_IQR_FRACTION,
     machine_table,
@@ -108,19 +108,6 @@ def _round_clock_text(runs: Sequence[Run]) -> str:
     )
 
 
-def _pause_text(runs: Sequence[Run]) -> str:
-    """A caveat when some runs paused before every timed round (before schema 5) and
-    others ran each visit's rounds back to back."""
-    schemas = {run.fmbench.schema >= 5 for run in runs}
-    if len(schemas) < 2:
-        return ""
-    return (
-        " Runs written before schema 5 paused and timed the canary before every timed "
-        "round, which slowed the shortest epochs (Numba's by up to half); from schema 5 a "
-        "visit's timed rounds run back to back: *compare such runs with care*."
-    )
-
-
 def _clocks_text(runs: Sequence[Run]) -> str:
     """Which clock the history's seconds come from, for the runs' schema."""
     if all(run.fmbench.schema >= 2 for run in runs):
@@ -161,7 +148,7 @@ def _notes(runs: Sequence[Run], frame, previous_lines: list[str]) -> list[str]:
         "training examples / median."
         + (f" {len(few)} row(s) have fewer than {MIN_ROUNDS} rounds." if len(few) else "")
         + _clocks_text(runs)
-        + _pause_text(runs)
+        + pause_caveat(runs)
     )
     lines += spell_method_lines(runs)
     lines.append(

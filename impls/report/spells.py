@@ -81,6 +81,13 @@ def method_lines(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+# How the canary sat before schema 5, and what that cost: said once, for every old run.
+BEFORE_SCHEMA_5 = (
+    "the canary, after a 50 ms pause in most such runs, came just before every timed round, "
+    "which slowed the shortest epochs (Numba's by up to half)"
+)
+
+
 def _canary_text(canary: Canary, label: str | None, schema: int) -> str:
     """How one run's canary marks spells, and how many of its canaries were slow."""
     where = f" ({label})" if label else ""
@@ -93,15 +100,27 @@ def _canary_text(canary: Canary, label: str | None, schema: int) -> str:
         )
     else:
         cadence = (
-            f"before every timed round the run paused {1000 * VISIT_PAUSE_SECONDS:g} "
-            f"ms and timed a canary{where}, {canary.what} (runs written before schema 5; the "
-            "pause slowed the shortest epochs, Numba's by up to half); a round counts as in a "
-            "spell when the canary just before or just after it"
+            f"before every timed round the run timed a canary{where}, {canary.what} (a run "
+            f"written before schema 5: {BEFORE_SCHEMA_5}); a round counts as in a spell when "
+            "the canary just before or just after it"
         )
     return (
         f"{cadence} took more than {canary.threshold:g}× the run's quiet canary (their lower "
         f"quartile, {number(1000 * canary.quiet)} ms): {canary.slow} of "
         f"{len(canary.seconds)} canaries did."
+    )
+
+
+def pause_caveat(runs: Sequence[Run]) -> str:
+    """A caveat when runs with a canary before every timed round (before schema 5) are
+    compared with runs whose visits' rounds ran back to back."""
+    old = [run for run in runs if run.fmbench.schema < 5 and run.fmbench.canary is not None]
+    if not old or all(run.fmbench.schema < 5 for run in runs):
+        return ""
+    return (
+        f" In the runs written before schema 5 ({', '.join(run.label for run in old)}) "
+        f"{BEFORE_SCHEMA_5}; from schema 5 a visit's timed rounds run back to back: "
+        "*compare such runs with care*."
     )
 
 
