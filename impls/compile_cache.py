@@ -41,21 +41,27 @@ def cache_use(cache_dir: str | None, hits: int, misses: int) -> dict[str, object
 
 class CompileLog:
     """One trainer's compilations: each one's seconds, the cache lookups they made and the
-    cache they started from. The framework counts its own lookups (``lookups``: hits and
-    misses so far in this process)."""
+    cache they started from."""
 
-    def __init__(self, cache: dict[str, object], lookups: Callable[[], tuple[int, int]]) -> None:
-        self._cache, self._lookups = cache, lookups
+    def __init__(self, cache: dict[str, object]) -> None:
+        self._cache = cache
         self._seconds: dict[str, float] = {}
         self._hits = self._misses = 0
 
-    def run(self, name: str, compile_now: Callable[[], object]) -> None:
-        """Run ``compile_now``, which compiles (or loads from the cache), timed as ``name``."""
-        hits, misses = self._lookups()
+    def run(
+        self,
+        name: str,
+        compile_now: Callable[[], object],
+        lookups: Callable[[], tuple[int, int]],
+    ) -> None:
+        """Run ``compile_now``, which compiles (or loads from the cache), timed as ``name``;
+        ``lookups`` gives the framework's cache hits and misses so far (counted before and
+        after, so the difference is this compilation's)."""
+        hits, misses = lookups()
         start = time.perf_counter()
         compile_now()
         self._seconds[name] = time.perf_counter() - start
-        hits_after, misses_after = self._lookups()
+        hits_after, misses_after = lookups()
         self._hits += hits_after - hits
         self._misses += misses_after - misses
 

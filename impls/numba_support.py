@@ -114,27 +114,22 @@ class Compiler:
 
     def __init__(self) -> None:
         entries = cache_entries(SETUP["compilation_cache_dir"])
-        cache = {**SETUP, "compilation_cache_entries_before": entries}
-        self._kernels: dict[int, Any] = {}  # Numba counts cache lookups per kernel
-        self._log = CompileLog(cache, self._lookups)
+        self._log = CompileLog({**SETUP, "compilation_cache_entries_before": entries})
 
     def compile(self, name: str, kernel: Any, *args: Any) -> None:
         """Compile ``kernel`` for the types of ``args`` now (or load it from the cache)."""
-        self._kernels[id(kernel)] = kernel
         signature = tuple(numba.typeof(arg) for arg in args)
-        self._log.run(name, lambda: kernel.compile(signature))
-
-    def _lookups(self) -> tuple[int, int]:
-        """The cache hits and misses of the kernels compiled so far."""
-        stats = [kernel.stats for kernel in self._kernels.values()]
-        return (
-            sum(sum(s.cache_hits.values()) for s in stats),
-            sum(sum(s.cache_misses.values()) for s in stats),
-        )
+        self._log.run(name, lambda: kernel.compile(signature), lambda: _cache_counts(kernel))
 
     def info(self) -> dict[str, Any]:
         """The cache and the compile times, for the trainer's ``runtime_info``."""
         return self._log.info()
+
+
+def _cache_counts(kernel: Any) -> tuple[int, int]:
+    """The kernel's cache hits and misses so far (Numba counts them per kernel)."""
+    stats = kernel.stats
+    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
 
 
 def apply_threads(threads: int) -> int:

@@ -25,8 +25,9 @@ around ``Trainer.train_epoch`` / ``evaluate`` in the process that trains; so do
 clock in pytest-benchmark's record. Before, :class:`Timing` was pytest-benchmark's
 clock in the pytest process, which added the request's round trip (1 to 30 ms,
 mostly a memory sampler reading /proc during PyTorch's epochs). Before schema 5 the
-main run paused 50 ms and timed its canary before every timed round, which slowed the
-shortest epochs; from schema 5 a visit's timed rounds run back to back.
+main run timed its canary (after a 50 ms pause, in most such runs) before every timed
+round, which slowed the shortest epochs; from schema 5 a visit's timed rounds run back
+to back.
 """
 
 from __future__ import annotations

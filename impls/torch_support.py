@@ -332,11 +332,11 @@ class InductorCompiler:
         cache["compilation_cache_entries_before"] = inductor_cache_entries(
             cache["compilation_cache_dir"]
         )
-        self._log = CompileLog(cache, _cache_lookups)
+        self._log = CompileLog(cache)
 
     def run(self, name: str, first_call: Callable[[], None]) -> None:
         """Run ``first_call``, which compiles (or loads from the cache), timed as ``name``."""
-        self._log.run(name, first_call)
+        self._log.run(name, first_call, _cache_lookups)
 
     def info(self) -> dict[str, object]:
         """The cache and the compile times, for the trainer's ``runtime_info``."""

@@ -261,16 +261,20 @@ def test_a_compile_log_times_each_compilation_and_counts_its_cache_lookups(tmp_p
     from impls.compile_cache import CompileLog
 
     counts = {"hits": 0, "misses": 0}
+
+    def lookups() -> tuple[int, int]:
+        return counts["hits"], counts["misses"]
+
     cache = {"compilation_cache_dir": str(tmp_path), "compilation_cache_entries_before": 0}
-    log = CompileLog(cache, lambda: (counts["hits"], counts["misses"]))
+    log = CompileLog(cache)
     counts["hits"] = 5  # lookups made before the trainer's compilations are not its own
-    log.run("a", lambda: counts.update(hits=counts["hits"] + 2))
-    log.run("b", lambda: counts.update(misses=1))
+    log.run("a", lambda: counts.update(hits=counts["hits"] + 2), lookups)
+    log.run("b", lambda: counts.update(misses=1), lookups)
     info = log.info()
     assert (info["compilation_cache_hits"], info["compilation_cache_misses"]) == (2, 1)
     assert info["compilation_cache_warm"] is False  # one compilation missed the cache
     assert set(info["compile_seconds_by_program"]) == {"a", "b"}
     assert info["compile_seconds"] >= 0 and info["compilation_cache_dir"] == str(tmp_path)
-    warm = CompileLog(cache, lambda: (counts["hits"], counts["misses"]))
-    warm.run("a", lambda: counts.update(hits=counts["hits"] + 1))
+    warm = CompileLog(cache)
+    warm.run("a", lambda: counts.update(hits=counts["hits"] + 1), lookups)
     assert warm.info()["compilation_cache_warm"] is True

@@ -45,11 +45,16 @@ def samples(
     run marked none); None when not stored, or when too few are left for the test (the IQR
     rule judges then: one run's few quiet rounds against the other's all would compare
     the host, not the code)."""
-    now = current.quiet_rounds if current.quiet_rounds is not None else current.timing.data
-    before = previous.quiet_rounds if previous.quiet_rounds is not None else previous.timing.data
+    now, before = _outside_spells(current), _outside_spells(previous)
     if now is not None and before is not None and can_be_significant(len(now), len(before)):
         return now, before
     return None, None
+
+
+def _outside_spells(measurement: Measurement) -> list[float] | None:
+    """A run's rounds outside a spell; every round where it marked none (None: not stored)."""
+    quiet = measurement.quiet_rounds
+    return quiet if quiet is not None else measurement.timing.data
 
 
 def can_be_significant(size: int, other_size: int) -> bool:
