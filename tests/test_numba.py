@@ -13,13 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
 
-from fresh_process import fresh_runtime_infos  # noqa: E402
+from fresh_process import RANDOM_DATA, fresh_runtime_infos  # noqa: E402
 from oracles import loss_and_grads, sgd_update  # noqa: E402  (the NumPy oracle)
 
 from impls import numba_fused, numba_support, numpy_softmax  # noqa: E402
@@ -289,6 +290,29 @@ def test_cache_off_when_the_variable_is_empty(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["False", "None"]
+
+
+def test_the_step_kernels_compile_once_each(tmp_path):
+    """prange's index is unsigned and the stealing loop's signed: passed on as it is, the
+    step kernels compiled twice each (a build took 47 s against 29 s). Compiled from an
+    empty cache in a fresh process, where the callees' signatures are all recorded."""
+    code = RANDOM_DATA + textwrap.dedent(
+        """
+        from impls import numba_fused
+        from impls.config import TrainConfig
+        from impls.training import init_params
+
+        config = TrainConfig(threads=2)
+        numba_fused.make_trainer(random_data(300, 50), init_params(config), config)
+        print(len(numba_fused.train_step.signatures), len(numba_fused.train_share.signatures))
+        """
+    )
+    env = {**os.environ, numba_support.CACHE_DIR_ENV: str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split()[-2:] == ["1", "1"]
 
 
 @pytest.mark.slow
