@@ -50,12 +50,14 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[all]")
     BENCH_JSON.parent.mkdir(exist_ok=True)
     BENCH_JSON.unlink(missing_ok=True)  # never report a stale run
-    session.run(
+    ran = session.run(
         "python", "-m", "pytest", "benchmarks",
         "--benchmark-autosave", f"--benchmark-json={BENCH_JSON}",
         *session.posargs,  # --threads N (default: all cores) sets every framework's threads
         success_codes=[0, 1],  # a failing implementation is listed in the report
     )  # fmt: skip
+    if ran is None:  # nox --install-only: nothing was run, so there is nothing to report
+        return
     if not BENCH_JSON.is_file():
         session.error(f"the benchmark run wrote no {BENCH_JSON}: nothing was measured")
     # Exits 1 after writing the report when a benchmark failed, so the session fails too.
