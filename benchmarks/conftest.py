@@ -24,6 +24,7 @@ What goes into the JSON besides pytest-benchmark's own fields:
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = bench_options.resolve_settings(config)
     config.stash[STATE_KEY] = {
         "run_id": uuid.uuid4().hex,
+        "started": time.monotonic(),
+        "seconds": {},  # nodeid -> wall seconds of its setup, call and teardown
         "load_start": bench_machine.load_average(),
         "cpu_start": bench_machine.cpu_counters(),
         "tests": {},  # nodeid -> what the test measures
@@ -154,6 +157,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     state = _STATE.get("state")
     if state is None:
         return
+    seconds = state["seconds"]
+    seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
     outcomes = state["outcomes"]
     previous = outcomes.get(report.nodeid)
     if previous is not None and previous["outcome"] != "passed":
@@ -287,14 +292,25 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
             for name, impl in registry.REGISTRY.items()
         },
         "tests": [
-            {"nodeid": nodeid, **described, **state["outcomes"].get(nodeid, not_run)}
+            {
+                "nodeid": nodeid,
+                **described,
+                **state["outcomes"].get(nodeid, not_run),
+                "seconds": _rounded(state["seconds"].get(nodeid)),
+            }
             for nodeid, described in state["tests"].items()
         ],
         "sample": state["sample"],
         "canary": _canary(state["main_run"]),
         "injected_spells": [spell.as_dict() for spell in state["spells"].records()],
         "cwd": str(Path.cwd()),
+        "run_seconds": round(time.monotonic() - state["started"], 1),
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    """A test's wall time to the millisecond; None for a test that never started."""
+    return None if seconds is None else round(seconds, 3)
 
 
 def _canary(schedule: bench_schedule.MainRun | None) -> dict | None:

@@ -226,8 +226,13 @@ class Outcome(Stored):
     implementation: str | None = None  # what some files call ``impl``
     device: str | None = None
     reason: str | None = None
+    # Wall seconds of its setup, call and teardown (a session fixture's work counts in the
+    # first test that asked for it); None in files from before it was recorded.
+    seconds: float | None = None
 
     def validate(self, where: str) -> None:
+        if self.seconds is not None and not self.seconds >= 0:
+            raise ResultError(f"{where}.seconds is {self.seconds!r}, not a duration")
         if self.outcome not in OUTCOMES:
             raise ResultError(
                 f"{where}.outcome is {self.outcome!r}, expected one of {list(OUTCOMES)}"
@@ -348,6 +353,8 @@ class RunSection(Stored):
     sample: Sample | None = None
     canary: Canary | None = None
     injected_spells: list[InjectedSpell] | None = None
+    run_seconds: float | None = None  # the benchmark session's wall time, up to this file
 
     def validate(self, where: str) -> None:
         check_positive(self.schema, f"{where}.schema")
+        check_positive(self.run_seconds, f"{where}.run_seconds")

@@ -97,6 +97,13 @@ def test_smoke_json(smoke_run: Path) -> None:
     assert skipped and all(t["device"] == MISSING_DEVICE for t in skipped)
     assert all("not available to numpy" in t["reason"] for t in skipped)
     assert all(t["outcome"] == "passed" for t in tests if t.get("device") != MISSING_DEVICE)
+    # Each test's wall time, for the report's Run time: every one ran, within the session.
+    assert all(t["seconds"] >= 0 for t in tests)
+    main_run = next(t for t in tests if t["kind"] == "epoch" and t["outcome"] == "passed")
+    # The schedule runs inside the main run's test: its every epoch and evaluation count there.
+    spent = sum(record.train_seconds + record.eval_seconds for record in epoch.history)
+    assert main_run["seconds"] >= spent
+    assert 0 < sum(t["seconds"] for t in tests) <= document["fmbench"]["run_seconds"]
     startup = {
         b["extra_info"]["startup"]: b for b in document["benchmarks"]
         if b["extra_info"]["kind"] == "startup"
@@ -122,6 +129,7 @@ def test_smoke_report(smoke_run: Path, tmp_path: Path) -> None:
     assert "not available to numpy" in markdown  # the skipped device is listed
     assert "Smoke run" in markdown
     assert "## Start-up" in markdown and "| cli-train " in markdown
+    assert "## Run time" in markdown and "| main run " in markdown and "| whole run " in markdown
     assert "Compute floor: an epoch's matrix products" in markdown
     sizes = markdown.split("## Input size")[1].split("\n## ")[0]
     assert "### 28 × 28" in sizes and f"### {SWEPT_SIZE} × {SWEPT_SIZE}" in sizes

@@ -22,6 +22,7 @@ from impls.report.previous import pair_previous
 from impls.report.replicas import replicas_section
 from impls.report.result_time import method_line as result_time_method_line
 from impls.report.result_time import time_to_result_lines
+from impls.report.run_time import run_time_section
 from impls.report.runs import Run
 from impls.report.seeds import seed_frame, seed_lines, training_settings
 from impls.report.sizes import size_section
@@ -394,6 +395,7 @@ def render(
         lines += ["## What each implementation ran with", "", markdown_table(settings), ""]
 
     lines += ["## Noise", "", markdown_table(noise_table(frame, with_machine=multi)), ""]
+    lines += run_time_section(runs, multi=multi)
     lines += ["## Machine", "", markdown_table(machine_table(runs)), ""]
     lines += _notes(runs, frame, previous_lines)
     lines.append("")
