@@ -145,9 +145,12 @@ class MachineFacts(Stored):
 
 @dataclass(frozen=True)
 class CpuInfo(Stored):
-    """pytest-benchmark's ``machine_info["cpu"]`` (py-cpuinfo): the CPU's name."""
+    """pytest-benchmark's ``machine_info["cpu"]`` (py-cpuinfo): the CPU's name, and its family
+    and model, which tell apart CPUs that a VM names alike (``AMD EPYC``)."""
 
     brand_raw: str | None = None
+    family: int | None = None
+    model: int | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,13 @@ class MachineInfo(Stored):
     def cpu_name(self) -> str | None:
         """The CPU model: fmbench's, else py-cpuinfo's."""
         return self.facts.cpu_model or (self.cpu.brand_raw if self.cpu else None)
+
+    @property
+    def cpu_generation(self) -> str | None:
+        """The CPU's family and model numbers ('family 26 model 2'), where recorded."""
+        if self.cpu is None or self.cpu.family is None or self.cpu.model is None:
+            return None
+        return f"family {self.cpu.family} model {self.cpu.model}"
 
 
 @dataclass(frozen=True)

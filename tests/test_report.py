@@ -773,6 +773,6 @@ def test_the_reference_report_builds_from_its_committed_runs(tmp_path: Path) -> 
     text = (out / "README.md").read_text()
     for section in ("## Epoch time and accuracy", "### Rounds in a spell", "## Input size",
                     "## Baseline breakdown", "### Compared with the previous run", "History",
-                    "Time to result", "Accuracy over seeds"):  # fmt: skip
+                    "Time to result", "Accuracy over seeds", "## Run time"):  # fmt: skip
         assert section in text, section
     assert (out / "results.csv").is_file()

@@ -26,6 +26,7 @@ from test_report import BASELINE_MEDIAN, REFERENCE_RUNS, find, make_run, row_of,
 from impls import report
 from impls.report import comparison as comparing
 from impls.report import history as histories
+from impls.report.runs import machine_label
 from impls.report.text import number, present, rounded
 
 # ------------------------------------------------------------------ helpers
@@ -383,3 +384,33 @@ def test_several_runs_of_one_machine_are_their_own_history(tmp_path: Path) -> No
     assert "- **Schedule** of the main run's timed rounds: blocks" in text
     assert "no canary was recorded" in text
     assert "### Rounds in a spell" not in text
+
+
+def _on_cpu(family: int, model: int, run_id: str, when: str) -> dict:
+    """A run of box-a whose CPU (named ``AMD EPYC``, as a VM names several) has this family
+    and model."""
+    document = make_run(run_id=run_id, when=when)
+    document["machine_info"]["fmbench"]["cpu_model"] = "AMD EPYC"
+    document["machine_info"]["cpu"].update(brand_raw="AMD EPYC", family=family, model=model)
+    return document
+
+
+def test_a_cpu_of_another_generation_is_another_machine(tmp_path: Path) -> None:
+    """Two VMs with the same host name and CPU name but CPUs of different generations: never
+    each other's previous run, each its own history, told apart by name."""
+    storage = tmp_path / ".benchmarks"
+    write(storage / "Linux" / "0001_zen5.json", _on_cpu(26, 2, "zen5", "2026-01-01T10:00:00"))
+    write(storage / "Linux" / "0002_zen3.json", _on_cpu(25, 1, "zen3", "2026-01-02T10:00:00"))
+    later = write(tmp_path / "later.json", _on_cpu(26, 2, "zen5-b", "2026-01-03T10:00:00"))
+    saved = report.load_saved(storage)
+    current = report.load_run(later)
+    assert report.find_previous(current, saved).run_id == "zen5"  # not zen3, the newer one
+    assert machine_label(current) == "box-a (AMD EPYC, family 26 model 2, 2 CPUs)"
+    runs = report.load_runs([storage / "Linux" / "0002_zen3.json", later])
+    assert [run.label for run in runs] == [
+        "box-a (AMD EPYC, family 25 model 1, 2 CPUs)",
+        "box-a (AMD EPYC, family 26 model 2, 2 CPUs)",
+    ]
+    assert len(histories.machine_histories(runs, saved)) == 2
+    zen3 = report.load_run(storage / "Linux" / "0002_zen3.json")
+    assert report.find_previous(zen3, [current]) is None

@@ -70,7 +70,8 @@ class Run:
 
     @property
     def machine_key(self) -> tuple:
-        return (self.machine_info.node, self.machine_info.cpu_name, self.extra_machine.logical_cpus)
+        info = self.machine_info
+        return (info.node, info.cpu_name, info.cpu_generation, self.extra_machine.logical_cpus)
 
     @property
     def commit(self) -> str:
@@ -277,11 +278,15 @@ def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
 
 
 def machine_label(run: Run) -> str:
-    """The run's machine: 'host (CPU, N CPUs)'."""
-    cpu = run.extra_machine.cpu_model or "unknown CPU"
+    """The run's machine: 'host (CPU, family F model M, N CPUs)', the parts it recorded."""
     cpus = run.extra_machine.logical_cpus
+    parts = [
+        run.extra_machine.cpu_model or "unknown CPU",
+        run.machine_info.cpu_generation,
+        f"{cpus} CPUs" if cpus else None,
+    ]
     node = run.machine_info.node or "unknown host"
-    return f"{node} ({cpu}{f', {cpus} CPUs' if cpus else ''})"
+    return f"{node} ({', '.join(part for part in parts if part)})"
 
 
 def label_runs(runs: Sequence[Run]) -> list[Run]:
