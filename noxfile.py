@@ -11,6 +11,7 @@ machine's torch cap and local wheels; uv would download several GB of CUDA wheel
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nox
@@ -49,7 +50,7 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[all]")
     BENCH_JSON.parent.mkdir(exist_ok=True)
-    BENCH_JSON.unlink(missing_ok=True)  # never report a stale run
+    started = time.time()
     ran = session.run(
         "python", "-m", "pytest", "benchmarks",
         "--benchmark-autosave", f"--benchmark-json={BENCH_JSON}",
@@ -58,7 +59,8 @@ def bench(session: nox.Session) -> None:
     )  # fmt: skip
     if ran is None:  # nox --install-only: nothing was run, so there is nothing to report
         return
-    if not BENCH_JSON.is_file():
+    # Never report a stale run: the file must be this run's (the last one's stays if none).
+    if not BENCH_JSON.is_file() or BENCH_JSON.stat().st_mtime < started:
         session.error(f"the benchmark run wrote no {BENCH_JSON}: nothing was measured")
     # Exits 1 after writing the report when a benchmark failed, so the session fails too.
     session.run(

@@ -17,8 +17,9 @@ What goes into the JSON besides pytest-benchmark's own fields:
 * ``machine_info["fmbench"]`` (bench_machine.py): CPU, cores, memory, load,
   versions, BLAS, the threads each framework actually used, device names;
 * ``fmbench`` (top level): the options, every test's outcome (a skipped or
-  failed implementation is listed with its reason), and the first test images
-  so that the report can draw the predictions grid without the dataset.
+  failed implementation is listed with its reason) and wall time, the session's
+  wall time, and the first test images so that the report can draw the
+  predictions grid without the dataset.
 """
 
 from __future__ import annotations
@@ -304,7 +305,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "canary": _canary(state["main_run"]),
         "injected_spells": [spell.as_dict() for spell in state["spells"].records()],
         "cwd": str(Path.cwd()),
-        "run_seconds": round(time.monotonic() - state["started"], 1),
+        # pytest-benchmark writes its JSON twice (--benchmark-json, the autosave): one time.
+        "run_seconds": state.setdefault(
+            "run_seconds", round(time.monotonic() - state["started"], 1)
+        ),
     }
 
 

@@ -174,11 +174,11 @@ class MachineInfo(Stored):
         return self.facts.cpu_model or (self.cpu.brand_raw if self.cpu else None)
 
     @property
-    def cpu_generation(self) -> str | None:
-        """The CPU's family and model numbers ('family 26 model 2'), where recorded."""
+    def cpu_family_model(self) -> tuple[int, int] | None:
+        """The CPU's family and model numbers, where recorded."""
         if self.cpu is None or self.cpu.family is None or self.cpu.model is None:
             return None
-        return f"family {self.cpu.family} model {self.cpu.model}"
+        return self.cpu.family, self.cpu.model
 
 
 @dataclass(frozen=True)
@@ -236,8 +236,9 @@ class Outcome(Stored):
     implementation: str | None = None  # what some files call ``impl``
     device: str | None = None
     reason: str | None = None
-    # Wall seconds of its setup, call and teardown (a session fixture's work counts in the
-    # first test that asked for it); None in files from before it was recorded.
+    # Wall seconds of its setup, call and teardown (a session fixture's setup counts in the
+    # first test that asked for it, its teardown in the last); None: never started, or a
+    # file from before it was recorded.
     seconds: float | None = None
 
     def validate(self, where: str) -> None:
@@ -363,7 +364,7 @@ class RunSection(Stored):
     sample: Sample | None = None
     canary: Canary | None = None
     injected_spells: list[InjectedSpell] | None = None
-    run_seconds: float | None = None  # the benchmark session's wall time, up to this file
+    run_seconds: float | None = None  # the benchmark session's wall time, up to its results
 
     def validate(self, where: str) -> None:
         check_positive(self.schema, f"{where}.schema")

@@ -387,8 +387,7 @@ def test_several_runs_of_one_machine_are_their_own_history(tmp_path: Path) -> No
 
 
 def _on_cpu(family: int, model: int, run_id: str, when: str) -> dict:
-    """A run of box-a whose CPU (named ``AMD EPYC``, as a VM names several) has this family
-    and model."""
+    """A run of box-a on an ``AMD EPYC`` (a VM's name for several CPUs) of this generation."""
     document = make_run(run_id=run_id, when=when)
     document["machine_info"]["fmbench"]["cpu_model"] = "AMD EPYC"
     document["machine_info"]["cpu"].update(brand_raw="AMD EPYC", family=family, model=model)

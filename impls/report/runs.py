@@ -71,7 +71,7 @@ class Run:
     @property
     def machine_key(self) -> tuple:
         info = self.machine_info
-        return (info.node, info.cpu_name, info.cpu_generation, self.extra_machine.logical_cpus)
+        return (info.node, info.cpu_name, info.cpu_family_model, self.extra_machine.logical_cpus)
 
     @property
     def commit(self) -> str:
@@ -278,15 +278,15 @@ def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Run]:
 
 
 def machine_label(run: Run) -> str:
-    """The run's machine: 'host (CPU, family F model M, N CPUs)', the parts it recorded."""
-    cpus = run.extra_machine.logical_cpus
-    parts = [
-        run.extra_machine.cpu_model or "unknown CPU",
-        run.machine_info.cpu_generation,
+    """The run's machine (its :attr:`Run.machine_key`): 'host (CPU, family F model M, N
+    CPUs)', with the parts it recorded."""
+    node, cpu, family_model, cpus = run.machine_key
+    described = [
+        cpu or "unknown CPU",
+        "family {} model {}".format(*family_model) if family_model else None,
         f"{cpus} CPUs" if cpus else None,
     ]
-    node = run.machine_info.node or "unknown host"
-    return f"{node} ({', '.join(part for part in parts if part)})"
+    return f"{node or 'unknown host'} ({', '.join(text for text in described if text)})"
 
 
 def label_runs(runs: Sequence[Run]) -> list[Run]:
