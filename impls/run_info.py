@@ -12,7 +12,7 @@ A pytest-benchmark JSON file written by ``benchmarks/`` holds, beside its cases
   the predictions grid is drawn on (:class:`Sample`).
 
 They are read like the cases, with :meth:`from_dict`: every field the report uses is typed
-and range-checked, and a bad one is a :class:`~impls.results.ResultError` naming it. Keys
+and range-checked, and a bad one is a :class:`~impls.stored.ResultError` naming it. Keys
 the report does not use are ignored, and what older files may lack is optional.
 """
 
@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from impls.results import ResultError, Stored, check_fraction, check_positive
+from impls.stored import ResultError, Stored, check_fraction, check_positive
 
 # How a benchmark test ended: pytest's outcomes, "error" (failed outside its call) and
 # "not run" (the run stopped before it).

@@ -31,7 +31,8 @@ from impls import report
 from impls.report.replicas import NO_CLOCK, UNSAID_CLOCK, replicas_section
 from impls.report.runs import load_run
 from impls.report.text import number, rounded
-from impls.results import EpochRecord, ResultError, TrainingResult, from_extra_info, to_extra_info
+from impls.results import EpochRecord, TrainingResult, from_extra_info, to_extra_info
+from impls.stored import ResultError
 
 EPOCHS = 7  # the sweep's: a warm-up, then two visits of one untimed and two timed epochs
 TIMED = [3, 4, 6, 7]

@@ -14,7 +14,8 @@ from impls.config import ConfigError, TrainConfig, usable_cores
 from impls.data import MinibatchOrder
 from impls.protocol import EpochStats, Evaluation, Params
 from impls.registry import train
-from impls.results import EpochRecord, ResultError
+from impls.results import EpochRecord
+from impls.stored import ResultError
 from impls.training import DIVERGED_LOSS, DivergenceError, EpochRunner, fit, init_params
 
 

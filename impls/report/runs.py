@@ -25,7 +25,6 @@ from impls.results import (
     ComputeFloor,
     Measurement,
     ReadLimit,
-    ResultError,
     Timing,
     TrainingResult,
 )
@@ -37,6 +36,7 @@ from impls.run_info import (
     RunSection,
     RunSettings,
 )
+from impls.stored import ResultError
 
 
 class ReportError(Exception):
