@@ -41,7 +41,14 @@ from typing import Any, ClassVar
 
 from impls.config import TrainConfig
 from impls.idx import IMAGE_SIZE
-from impls.stored import ResultError, Stored, check_fraction, check_positive, is_number
+from impls.stored import (
+    ResultError,
+    Stored,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    is_number,
+)
 
 SCHEMA = 5
 
@@ -69,9 +76,7 @@ class EpochRecord(Stored):
         check_fraction(self.train_accuracy, f"{where}.train_accuracy")
         check_fraction(self.test_accuracy, f"{where}.test_accuracy")
         for name in ("train_seconds", "communication_seconds"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ResultError(f"{where}.{name} is {value}, negative")
+            check_non_negative(getattr(self, name), f"{where}.{name}")
 
 
 def cumulative_train_seconds(history: Sequence[EpochRecord]) -> list[float]:
@@ -349,8 +354,7 @@ class LoaderResult(Stored):
 
     def validate(self, where: str) -> None:
         check_positive(self.num_train, f"{where}.num_train")
-        if self.loader_workers < 0:
-            raise ResultError(f"{where}.loader_workers is {self.loader_workers}, negative")
+        check_non_negative(self.loader_workers, f"{where}.loader_workers")
 
     @property
     def per_round(self) -> int:
@@ -430,8 +434,7 @@ class Timing(Stored):
 
     def validate(self, where: str) -> None:
         for name in ("q1", "q3", "iqr", "min", "max"):
-            if getattr(self, name) < 0:
-                raise ResultError(f"{where}.{name} is {getattr(self, name)}, negative")
+            check_non_negative(getattr(self, name), f"{where}.{name}")
         check_positive(self.median, f"{where}.median")
         check_positive(self.rounds, f"{where}.rounds")
         if self.data is not None:

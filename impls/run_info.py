@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from impls.stored import ResultError, Stored, check_fraction, check_positive
+from impls.stored import ResultError, Stored, check_fraction, check_non_negative, check_positive
 
 # How a benchmark test ended: pytest's outcomes, "error" (failed outside its call) and
 # "not run" (the run stopped before it).
@@ -117,8 +117,7 @@ class OtherCpuUse(Stored):
 
     def validate(self, where: str) -> None:
         check_positive(self.wall_seconds, f"{where}.wall_seconds")
-        if self.other_cpus < 0:
-            raise ResultError(f"{where}.other_cpus is {self.other_cpus}, negative")
+        check_non_negative(self.other_cpus, f"{where}.other_cpus")
 
 
 @dataclass(frozen=True)
@@ -242,8 +241,7 @@ class Outcome(Stored):
     seconds: float | None = None
 
     def validate(self, where: str) -> None:
-        if self.seconds is not None and not self.seconds >= 0:
-            raise ResultError(f"{where}.seconds is {self.seconds!r}, not a duration")
+        check_non_negative(self.seconds, f"{where}.seconds")
         if self.outcome not in OUTCOMES:
             raise ResultError(
                 f"{where}.outcome is {self.outcome!r}, expected one of {list(OUTCOMES)}"

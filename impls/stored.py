@@ -118,6 +118,11 @@ def check_fraction(value: float | None, where: str) -> None:
         raise ResultError(f"{where} is {value!r}, not in [0, 1]")
 
 
+def check_non_negative(value: float | None, where: str) -> None:
+    if value is not None and value < 0:
+        raise ResultError(f"{where} is {value!r}, negative")
+
+
 def check_positive(value: float | None, where: str) -> None:
     if value is not None and not value > 0:
         raise ResultError(f"{where} is {value!r}, not positive")

@@ -26,7 +26,7 @@ from impls.report.frame import BASELINE
 from impls.report.plots import plain_log_ticks
 from impls.report.previous import comparable, same_run
 from impls.report.runs import Run, machine_label
-from impls.report.text import markdown_table, number
+from impls.report.text import markdown_table, number, with_device
 
 LAST_RUNS = 8  # rows of the history table
 MAX_TICK_LABELS = 12  # on the figure's run axis; more runs: every n-th labelled
@@ -73,8 +73,7 @@ def _series(history: MachineHistory) -> dict[str, list[tuple[int, float, float, 
     series: dict[str, list[tuple[int, float, float, float]]] = {}
     for index, run in enumerate(history.runs):
         for entry in run.of_kind("epoch"):
-            device = entry.case.device
-            name = entry.implementation + ("" if device == "cpu" else f" ({device})")
+            name = with_device(entry.implementation, entry.case.device)
             timing = entry.timing
             series.setdefault(name, []).append((index, timing.median, timing.q1, timing.q3))
     return series

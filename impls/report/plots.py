@@ -12,7 +12,7 @@ from pathlib import Path
 from impls.figures import plot_predictions, pyplot, save_figure
 from impls.report.frame import BASELINE
 from impls.report.runs import Run
-from impls.report.text import number
+from impls.report.text import number, with_device
 from impls.results import TrainingResult, cumulative_train_seconds
 
 
@@ -42,8 +42,7 @@ def plot_epoch_times(frame, path: Path, *, multi: bool) -> Path:
     labels = []
     for _, row in rows.iterrows():
         name = "limit (read once)" if row["kind"] == "limit" else row["implementation"]
-        if row["device"] not in (None, "cpu"):
-            name += f" ({row['device']})"
+        name = with_device(name, row["device"])
         labels.append(f"{name} — {row['machine']}" if multi else name)
     medians = rows["median_s"].to_numpy(dtype=float)
     lower = medians - rows["q1_s"].to_numpy(dtype=float)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from impls.report.runs import Run
-from impls.report.text import markdown_table
+from impls.report.text import markdown_table, with_device
 
 # A test's kind -> the part of the run it belongs to, in the order the table lists them.
 PARTS = {
@@ -54,7 +54,7 @@ def main_run_seconds(run: Run) -> dict[str, float]:
     seconds in the main run, every seed, the largest first."""
     spent: dict[str, float] = {}
     for _, case in run.trained("epoch"):
-        name = case.implementation + ("" if case.device == "cpu" else f" ({case.device})")
+        name = with_device(case.implementation, case.device)
         spent[name] = spent.get(name, 0.0) + sum(
             record.train_seconds + (record.eval_seconds or 0.0)
             for seed_run in case.seed_runs

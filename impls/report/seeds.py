@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 
 from impls.report.runs import Run
-from impls.report.text import markdown_table, plural, present
+from impls.report.text import markdown_table, plural, present, with_device
 from impls.results import (
     StartupResult,
     TrainingResult,
@@ -180,8 +180,7 @@ def missed_target(seeds) -> list[str]:
     missed = rows[~rows["epochs_to_target"].map(present)]
     multi = seeds["run"].nunique() > 1
     return [
-        f"{row['implementation']}"
-        + (f" ({row['device']})" if row["device"] not in (None, "cpu") else "")
+        with_device(row["implementation"], row["device"])
         + (f" in {row['machine']}" if multi else "")
         + f" seed {seed_text(row['seed'])}"
         + f" (best {row['best_test_accuracy']:.4f})"

@@ -56,6 +56,11 @@ def rounded(value: Any, spread: Any, *, grouped: bool = False) -> str:
     return f"{value:{separator}.{max(places, 0)}f}"
 
 
+def with_device(name: str, device: str | None) -> str:
+    """'jax (cuda)'; the name alone on the CPU (or no device recorded)."""
+    return name if device in (None, "cpu") else f"{name} ({device})"
+
+
 def plural(count: int, word: str) -> str:
     """'1 thread', '2 threads'."""
     return f"{count} {word}{'' if count == 1 else 's'}"
